@@ -1,0 +1,23 @@
+"""paper_code: a faithful, batched, pure-torch reimplementation of Opti-CAM (Zhang et al., CVIU 2024).
+
+Main entry points:
+
+- :func:`load_model` -- classifiers taking [0, 1] images, standardization inside.
+- :func:`load_dataset` -- the offline ``sample`` photos, ILSVRC2012 val, or any image folder.
+- :func:`explain` -- Opti-CAM and the CAM baselines, one call.
+- :mod:`paper_code.metrics` -- every evaluation metric of the paper.
+"""
+
+from .explain import METHODS, PAPER_NAMES, explain
+from .models import MODELS, load_model
+
+__version__ = "0.1.0"
+
+__all__ = ["METHODS", "MODELS", "PAPER_NAMES", "explain", "load_dataset", "load_model"]
+
+
+def load_dataset(name: str = "sample", **kwargs):  # noqa: D401 - thin lazy wrapper
+    """See :func:`paper_code.data.load_dataset`."""
+    from .data import load_dataset as _load
+
+    return _load(name, **kwargs)

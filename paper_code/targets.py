@@ -1,0 +1,83 @@
+"""What a saliency map explains: a score per image, computed from the model's logits.
+
+A *target* is a callable ``target(logits, index) -> scores``: ``logits`` is ``[N, C]`` and ``index``
+(``[N]``, long) says which image of the batch each row belongs to, so methods that evaluate many
+perturbed copies of one image (Score-CAM, Ablation-CAM) can score them against that image's class.
+This mirrors pytorch-grad-cam's callable targets, batched. :func:`resolve_targets` turns the usual
+user inputs (``None``, an int, a list or tensor of class indices, a target object) into one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+Target = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class ClassLogit:
+    """g_c(y) = y_c: the logit of class c (the paper's default selector, Section 3.2)."""
+
+    def __init__(self, classes: torch.Tensor) -> None:
+        self.classes = classes.long()
+
+    def __call__(self, logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        cls = self.classes.to(logits.device)[index.to(logits.device)]
+        return logits.gather(1, cls[:, None])[:, 0]
+
+    def __repr__(self) -> str:
+        return f"ClassLogit({self.classes.tolist()})"
+
+
+class ClassProbability(ClassLogit):
+    """g_c(y) = softmax(y)_c: the probability of class c (an alternative selector)."""
+
+    def __call__(self, logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        cls = self.classes.to(logits.device)[index.to(logits.device)]
+        return logits.softmax(1).gather(1, cls[:, None])[:, 0]
+
+
+def resolve_classes(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    targets: int | Sequence[int] | torch.Tensor | None,
+    num_classes: int,
+) -> torch.Tensor:
+    """Class indices ``[B]`` (long, on the images' device). ``None`` means the predicted class."""
+    b = images.shape[0]
+    if targets is None:
+        with torch.no_grad():
+            return model(images).argmax(1)
+    if isinstance(targets, bool):
+        raise TypeError("targets must be class indices, not a bool")
+    if isinstance(targets, int):
+        classes = torch.full((b,), targets, dtype=torch.long)
+    else:
+        classes = torch.as_tensor(targets)
+        if classes.is_floating_point() or classes.dtype == torch.bool:
+            raise TypeError(f"targets must be integer class indices, got dtype {classes.dtype}")
+        classes = classes.long().reshape(-1)
+        if classes.numel() == 1 and b > 1:
+            classes = classes.expand(b).clone()
+        if classes.numel() != b:
+            raise ValueError(f"got {classes.numel()} targets for a batch of {b} images")
+    bad = (classes < 0) | (classes >= num_classes)
+    if bad.any():
+        raise ValueError(
+            f"target class {classes[bad][0].item()} out of range: the model has {num_classes} classes "
+            f"(valid 0..{num_classes - 1})"
+        )
+    return classes.to(images.device)
+
+
+def resolve_targets(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    targets: int | Sequence[int] | torch.Tensor | Target | None,
+    num_classes: int,
+) -> Target:
+    """A target callable from class indices (``None`` = predicted class) or a callable passed through."""
+    if callable(targets) and not isinstance(targets, torch.Tensor):
+        return targets
+    return ClassLogit(resolve_classes(model, images, targets, num_classes))
