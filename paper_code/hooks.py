@@ -74,3 +74,26 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
         for p, f in zip(model.parameters(), flags):
             p.requires_grad_(f)
         model.train(was_training)
+
+
+@contextmanager
+def channels_last(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
+    """Run the block with the model's 4-D weights in channels-last memory format, then restore them.
+
+    On CPU (oneDNN) and on GPU (cuDNN) convolutions are markedly faster in channels-last; results are
+    equal up to floating-point summation order.
+    """
+    if not enabled:
+        yield model
+        return
+    restore = [
+        p
+        for p in list(model.parameters()) + list(model.buffers())
+        if p.dim() == 4 and p.is_contiguous() and not p.is_contiguous(memory_format=torch.channels_last)
+    ]
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield model
+    finally:
+        for p in restore:
+            p.data = p.data.contiguous()

@@ -1,0 +1,315 @@
+r"""Opti-CAM (Zhang et al., CVIU 2024), exactly as in SPEC §1 with the project defaults.
+
+The saliency map is a convex combination of the feature maps of layer :math:`\ell`, whose weights are
+optimized per image so that the masked image maximizes the class score:
+
+- eq. (8)  :math:`S_\ell(x;u) = h\big(\sum_k \mathrm{softmax}(u)_k A^k_\ell(x)\big)`, h = identity;
+- eq. (10) :math:`F^c_\ell(x;u) = g_c\big(f(x \odot n(\mathrm{up}(S_\ell(x;u))))\big)`, :math:`g_c(y) = y_c`;
+- eq. (9)  :math:`u^* = \arg\max_u F^c_\ell(x;u)`, by Adam (lr 0.1, at most 100 iterations);
+- eq. (11) the Opti-CAM map is :math:`n(\mathrm{up}(S_\ell(x;u^*)))`.
+
+Deviations from the paper and from the official code are listed in :func:`optimize`'s docstring.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .explain import register
+from .hooks import capture, channels_last, frozen
+from .maps import NORMALIZATIONS, normalize, upsample, weighted_sum
+from .targets import Target
+
+OBJECTIVES = ("mask", "diff", "iomask", "iodiff")
+
+#: Early-stopping tolerance of App. A: stop "when the change in loss is less than 1e-10".
+STOP_TOLERANCE = 1e-10
+
+
+@dataclass
+class OptiCAMResult:
+    """Everything one Opti-CAM run produces.
+
+    Attributes:
+        maps: ``[B, 1, H, W]`` saliency maps in [0, 1] (eq. 11).
+        trace: ``[T, B]`` objective :math:`F` at each iteration (NaN after an image stopped).
+        iterations: ``[B]`` number of Adam updates each image received.
+        weights: ``[B, K]`` final channel weights softmax(u*).
+        snapshots: maps after ``n`` updates, for each ``n`` asked for in ``snapshots``.
+    """
+
+    maps: torch.Tensor
+    trace: torch.Tensor
+    iterations: torch.Tensor
+    weights: torch.Tensor
+    snapshots: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+def saliency(
+    u: torch.Tensor, features: torch.Tensor, size: tuple[int, int], normalization: str = "range"
+) -> torch.Tensor:
+    r"""eqs. (8) and (11): :math:`n(\mathrm{up}(\sum_k \mathrm{softmax}(u)_k A^k))`, h = identity.
+
+    ``u`` is ``[B, K]``, ``features`` ``[B, K, h, w]``; returns ``[B, 1, *size]``.
+    """
+    s = weighted_sum(torch.softmax(u, dim=1), features)
+    return normalize(upsample(s, size), normalization)
+
+
+def objective(
+    kind: str,
+    model: nn.Module,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    target: Target,
+    index: torch.Tensor,
+    clean_score: torch.Tensor,
+) -> torch.Tensor:
+    r"""The objective :math:`F` to maximize, per image (``[B]``), with :math:`s = n(\mathrm{up}(S_\ell(x;u)))`:
+
+    - ``mask``   eq. (10):  :math:`F = g_c(f(x \odot s))`;
+    - ``diff``   eq. (19):  :math:`F = -|g_c(f(x)) - g_c(f(x \odot s))|`;
+    - ``iomask`` eq. (F.1): :math:`F = g_c(f(x \odot s)) - g_c(f(x \odot (1 - s)))`;
+    - ``iodiff`` eq. (F.2): :math:`F = -|g_c(f(x)) - g_c(f(x \odot s))| + |g_c(f(x)) - g_c(f(x \odot (1-s)))|`.
+
+    The "in/out" objectives forward both masked images in one batch.
+    """
+    if kind in ("mask", "diff"):
+        score = target(model(images * masks), index)
+        return score if kind == "mask" else -(clean_score - score).abs()
+    n = images.shape[0]
+    both = torch.cat([images * masks, images * (1 - masks)])
+    scores = target(model(both), torch.cat([index, index]))
+    inside, outside = scores[:n], scores[n:]
+    if kind == "iomask":
+        return inside - outside
+    return -(clean_score - inside).abs() + (clean_score - outside).abs()
+
+
+def _features(
+    model: nn.Module, layer: nn.Module, images: torch.Tensor, target: Target
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One clean forward pass: the layer's feature maps (detached) and the clean class scores."""
+    with torch.no_grad(), capture(layer) as cap:
+        logits = model(images)
+        if cap.output is None:
+            raise RuntimeError("the target layer was not called during the forward pass")
+        feats = cap.output.detach()
+    if feats.dim() != 4:
+        raise ValueError(
+            f"the target layer must output a [B, K, h, w] feature map, got shape {list(feats.shape)}"
+        )
+    index = torch.arange(images.shape[0], device=images.device)
+    return feats.float().contiguous(), target(logits, index).detach()
+
+
+class _Adam:
+    """Adam with per-row activity: rows of inactive images receive no update at all.
+
+    Same update as ``torch.optim.Adam`` (default betas, eps 1e-8, no weight decay). Stopped images
+    must be excluded from the update entirely, because Adam's momentum would keep moving them even
+    with a zero gradient (SPEC "Implementation notes").
+    """
+
+    def __init__(self, u: torch.Tensor, lr: float, betas=(0.9, 0.999), eps: float = 1e-8) -> None:
+        self.lr, self.b1, self.b2, self.eps = lr, betas[0], betas[1], eps
+        self.m = torch.zeros_like(u)
+        self.v = torch.zeros_like(u)
+        self.t = 0
+
+    def step(self, u: torch.Tensor, grad: torch.Tensor, rows: torch.Tensor) -> None:
+        self.t += 1
+        m = self.m[rows].mul_(self.b1).add_(grad, alpha=1 - self.b1)
+        v = self.v[rows].mul_(self.b2).addcmul_(grad, grad, value=1 - self.b2)
+        self.m[rows], self.v[rows] = m, v
+        bc1 = 1 - self.b1**self.t
+        bc2 = 1 - self.b2**self.t
+        denom = (v.sqrt() / math.sqrt(bc2)).add_(self.eps)
+        u[rows] = u[rows] - (self.lr / bc1) * m / denom
+
+
+def optimize(
+    model: nn.Module,
+    images: torch.Tensor,
+    target: Target,
+    layer: nn.Module,
+    *,
+    iterations: int | None = None,
+    lr: float = 0.1,
+    objective_kind: str = "mask",
+    normalization: str = "range",
+    official: bool = False,
+    init: float = 0.5,
+    tol: float = STOP_TOLERANCE,
+    snapshots: Sequence[int] = (),
+    use_channels_last: bool = True,
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = False,
+) -> OptiCAMResult:
+    r"""Run Opti-CAM (eqs. 8-11) on a batch and return maps, objective trace and weights.
+
+    Algorithm (SPEC §1.2, project defaults): features :math:`A_\ell(x)` computed once and held fixed;
+    network frozen and in eval mode; :math:`u = 0.5` for every channel (uniform weights: the initial
+    map is the channel mean); Adam over u only, lr 0.1; at most ``iterations`` = 100 updates.
+
+    Early stopping (project default 9): image i stops at iteration t when
+    :math:`|L_i(t) - L_i(t-1)| < 10^{-10}` and keeps the u that produced :math:`L_i(t)`. Stopped images
+    leave the batch, so an image's map does not depend on its batch-mates (the paper's rule, applied
+    per image; the official code applies a different, batch-level rule).
+
+    ``official=True`` reproduces the official code instead (SPEC §7): 50 iterations unless given,
+    features through ReLU, one Adam over the batch-summed loss, and every ``iterations // 10`` steps
+    the whole batch stops if the summed loss rose since the previous check, returning the maps of that
+    step's forward pass. Results then depend on the batch (the official driver uses batches of 5).
+
+    Args:
+        iterations: maximum number of Adam updates (default 100; 50 when ``official``).
+        lr: Adam learning rate (App. A: 0.1).
+        objective_kind: ``mask`` (eq. 10, default), ``diff`` (19), ``iomask`` (F.1), ``iodiff`` (F.2).
+        normalization: ``range`` (eq. 16, default), ``max`` (17), ``sigmoid`` (18).
+        init: initial value of every u_k (0.5, as in the official code).
+        tol: early-stopping tolerance on the change of the per-image loss.
+        snapshots: iteration counts at which to also return the maps (Fig. A5 reads several budgets
+            from one run); 0 is the initial map.
+        use_channels_last: run the network in channels-last memory format (faster; same math).
+        autocast_dtype: e.g. ``torch.bfloat16`` to run the masked forward passes under autocast (GPU
+            speed; off by default, maps then differ slightly).
+        progress: show a tqdm bar over iterations.
+    """
+    if objective_kind not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective_kind!r}; valid choices: {', '.join(OBJECTIVES)}")
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(
+            f"unknown normalization {normalization!r}; valid choices: {', '.join(NORMALIZATIONS)}"
+        )
+    if iterations is None:
+        iterations = 50 if official else 100
+    if iterations < 0:
+        raise ValueError(f"iterations must be >= 0, got {iterations}")
+    size = tuple(images.shape[-2:])
+    b = images.shape[0]
+    device = images.device
+    with frozen(model), channels_last(model, use_channels_last):
+        feats, clean = _features(model, layer, images, target)
+        if official:
+            feats = feats.clamp_min(0)
+        x = images.contiguous(memory_format=torch.channels_last) if use_channels_last else images
+        u = torch.full((b, feats.shape[1]), float(init), device=device)
+        adam = _Adam(u, lr)
+        trace = torch.full((iterations, b), float("nan"), device=device)
+        done = torch.zeros(b, dtype=torch.long, device=device)  # updates received
+        active = torch.ones(b, dtype=torch.bool, device=device)
+        prev = torch.full((b,), float("nan"), device=device)
+        shots: dict[int, torch.Tensor] = {}
+        want = set(int(s) for s in snapshots)
+        if 0 in want:
+            shots[0] = saliency(u, feats, size, normalization).detach()
+        official_check = max(iterations // 10, 1)
+        official_prev: float | None = None
+        early_maps: torch.Tensor | None = None
+        bar = tqdm(range(iterations), desc="Opti-CAM", disable=not progress, leave=False)
+        for t in bar:
+            rows = active.nonzero()[:, 0] if not official else torch.arange(b, device=device)
+            if rows.numel() == 0:
+                break
+            ur = u[rows].clone().requires_grad_(True)
+            masks = saliency(ur, feats[rows], size, normalization)
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                f = objective(objective_kind, model, x[rows], masks, target, rows, clean[rows])
+            f = f.float()
+            loss = -f
+            trace[t, rows] = f.detach()
+            if official:
+                # Official rule (SPEC §7): batch-summed loss, checked every iterations//10 steps.
+                total = float(loss.detach().sum())
+                if t % official_check == 0:
+                    if official_prev is not None and total > official_prev:
+                        early_maps = masks.detach()
+                        break
+                    official_prev = total
+            else:
+                stop = (loss.detach() - prev[rows]).abs() < tol
+                prev[rows] = loss.detach()
+                if stop.any():
+                    active[rows[stop]] = False
+                    keep = ~stop
+                    rows, loss, ur_grad_rows = rows[keep], loss[keep], keep
+                else:
+                    ur_grad_rows = None
+                if rows.numel() == 0:
+                    break
+            (grad,) = torch.autograd.grad(loss.sum(), ur)
+            if not official and ur_grad_rows is not None:
+                grad = grad[ur_grad_rows]
+            adam.step(u, grad, rows)
+            done[rows] += 1
+            if (t + 1) in want:
+                shots[t + 1] = saliency(u, feats, size, normalization).detach()
+        bar.close()
+        maps = early_maps if early_maps is not None else saliency(u, feats, size, normalization)
+    return OptiCAMResult(
+        maps=maps.detach().contiguous(),
+        trace=trace,
+        iterations=done,
+        weights=torch.softmax(u, dim=1),
+        snapshots=shots,
+    )
+
+
+@register("opticam")
+def opticam(
+    model: nn.Module,
+    images: torch.Tensor,
+    target: Target,
+    layer: nn.Module,
+    *,
+    iterations: int | None = None,
+    lr: float = 0.1,
+    objective: str = "mask",
+    normalization: str = "range",
+    official: bool = False,
+    batch_size: int | None = None,
+    progress: bool = False,
+    **options,
+) -> torch.Tensor:
+    r"""Opti-CAM saliency maps ``[B, 1, H, W]`` (eqs. 8-11); see :func:`optimize` for every option.
+
+    ``batch_size`` splits large batches into chunks (results are identical, since images are
+    optimized independently, except in ``official`` mode whose stopping rule is batch-level).
+    """
+    chunks = [torch.arange(images.shape[0], device=images.device)]
+    if batch_size is not None and batch_size < images.shape[0]:
+        chunks = list(torch.arange(images.shape[0], device=images.device).split(batch_size))
+    out = []
+    for idx in chunks:
+        res = optimize(
+            model,
+            images[idx],
+            _Subset(target, idx),
+            layer,
+            iterations=iterations,
+            lr=lr,
+            objective_kind=objective,
+            normalization=normalization,
+            official=official,
+            progress=progress,
+            **options,
+        )
+        out.append(res.maps)
+    return torch.cat(out)
+
+
+class _Subset:
+    """A target restricted to a chunk of the batch: row j of the chunk is image ``idx[j]``."""
+
+    def __init__(self, target: Target, idx: torch.Tensor) -> None:
+        self.target, self.idx = target, idx
+
+    def __call__(self, logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return self.target(logits, self.idx[index])
