@@ -202,13 +202,21 @@ def test_official_mode_equals_plain_adam_when_loss_never_rises(tiny):
 
 
 def test_official_mode_stops_the_whole_batch_when_summed_loss_rises():
-    # A huge learning rate makes the sigmoid-normalized objective oscillate, so the batch loss rises
-    # at some check; the official rule then stops every image at the same step.
-    torch.manual_seed(0)
-    x = striped_images(2) * torch.rand(2, 3, SIDE, SIDE)
-    res = run(x, [1, 2], official=True, lr=50.0, normalization="sigmoid")
+    # Target: keep the masked channel sum near 40 (F = -(y - 40)^2). With a large learning rate Adam
+    # overshoots, the batch loss rises at a check, and the official rule stops every image there.
+    model = ChannelSum()
+    x = striped_images(2)
+
+    def target(logits, index):
+        return -((logits[:, 1] - 40.0) ** 2)
+
+    res = optimize(model, x, target, model.layer, official=True, lr=2.0)
     steps = (~torch.isnan(res.trace)).sum(0)
     assert steps[0] == steps[1] < 50
+    last = steps[0].item() - 1
+    assert last % 5 == 0  # stops only at a check (every 50 // 10 steps)
+    sums = res.trace.sum(1)
+    assert sums[last] < sums[last - 5]  # objective fell, i.e. the loss rose, since the last check
 
 
 def test_bad_options(tiny):

@@ -1,0 +1,705 @@
+"""Run the book's notebooks and build the site.
+
+The book (``_config.yml``, ``_toc.yml``, ``book/``) is a Jupyter Book 1 whose table and figure pages
+are jupytext MyST notebooks (``book/<name>.md``, paired with an output-free ``book/<name>.ipynb``).
+
+- :func:`run_notebook` executes one notebook with papermill, parameters from a *profile*
+  (``paper_code/profiles/*.yml``) plus overrides, into ``<output_dir>/<name>.ipynb``; the committed
+  sources are never written.
+- :func:`reproduce` executes every notebook of the table of contents, copies the executed notebooks
+  into a build tree and renders it with ``jupyter-book build`` with execution **off**, so nothing
+  runs twice and heavy (GPU) work stays out of the book build.
+- :func:`paper_table`, :func:`provenance`, :func:`evaluate` and :func:`compare_with_paper` are the
+  helpers the notebooks use.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import datetime as _dt
+import inspect
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import metadata, resources
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+__all__ = [
+    "BOOK_DIR",
+    "REPO_ROOT",
+    "NotebookError",
+    "build_site",
+    "compare_with_paper",
+    "evaluate",
+    "load_profile",
+    "notebook_parameters",
+    "paper_table",
+    "profile_parameters",
+    "provenance",
+    "reproduce",
+    "run_notebook",
+    "toc_files",
+    "toc_notebooks",
+]
+
+#: Repository root (where ``_config.yml`` and ``_toc.yml`` live) for a source checkout.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BOOK_DIR = REPO_ROOT / "book"
+PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
+#: Parameters holding paths: made absolute (relative to the caller's cwd) before injection.
+PATH_PARAMETERS = ("root", "output_dir", "cache_dir")
+#: Keys every profile must define under ``parameters``.
+REQUIRED_PARAMETERS = (
+    "models",
+    "dataset",
+    "root",
+    "n_images",
+    "methods",
+    "iterations",
+    "device",
+    "batch_size",
+    "seed",
+    "output_dir",
+    "cache_dir",
+)
+
+
+# --------------------------------------------------------------------------- profiles
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def list_profiles() -> list[str]:
+    """Names of the bundled profiles."""
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.yml"))
+
+
+def load_profile(name_or_path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A profile as a dict ``{name, description, parameters, notebooks}``.
+
+    ``name_or_path``: a bundled profile name (``sample``, ``smoke``, ``imagenet-1k``, ``imagenet``)
+    or the path of a YAML file. ``extends: <profile>`` in a file inherits from another profile
+    (names or paths relative to the file); ``notebooks: {<name>: {...}}`` holds per-notebook
+    parameter overrides.
+    """
+    path = Path(name_or_path)
+    if not (path.suffix in (".yml", ".yaml") or path.exists()):
+        path = PROFILES_DIR / f"{name_or_path}.yml"
+        if not path.exists():
+            raise FileNotFoundError(
+                f"unknown profile {str(name_or_path)!r}: not a file, and not one of "
+                f"{', '.join(list_profiles())}"
+            )
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a profile must be a YAML mapping")
+    parent = data.pop("extends", None)
+    if parent:
+        parent_path = path.parent / str(parent)
+        base = load_profile(parent_path if parent_path.exists() else parent)
+        data = _merge(base, data)
+    data.setdefault("name", path.stem)
+    data.setdefault("description", "")
+    data["parameters"] = dict(data.get("parameters") or {})
+    data["notebooks"] = dict(data.get("notebooks") or {})
+    data["source"] = str(path)
+    return data
+
+
+def profile_parameters(profile: Mapping[str, Any], notebook: str | None = None) -> dict[str, Any]:
+    """The profile's parameters with the overrides of ``notebook`` applied."""
+    params = dict(profile.get("parameters") or {})
+    if notebook is not None:
+        params.update((profile.get("notebooks") or {}).get(notebook) or {})
+    params["profile"] = profile.get("name", "custom")
+    return params
+
+
+# --------------------------------------------------------------------------- table of contents
+
+
+def toc_files(toc: str | os.PathLike[str] = REPO_ROOT / "_toc.yml") -> list[str]:
+    """Every ``file:``/``root:`` entry of a Jupyter Book ``_toc.yml``, in order (no suffix)."""
+    data = yaml.safe_load(Path(toc).read_text())
+    out: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for k in ("root", "file"):
+                if k in node:
+                    out.append(str(node[k]))
+            for k in ("parts", "chapters", "sections"):
+                for child in node.get(k) or []:
+                    walk(child)
+        elif isinstance(node, list):
+            for child in node:
+                walk(child)
+
+    walk(data)
+    return out
+
+
+def is_notebook(path: Path) -> bool:
+    """True for ``.ipynb`` files and for text files with a jupytext ``kernelspec`` header."""
+    if path.suffix == ".ipynb":
+        return True
+    if path.suffix != ".md" or not path.exists():
+        return False
+    text = path.read_text()
+    if not text.startswith("---"):
+        return False
+    end = text.find("\n---", 3)
+    header = yaml.safe_load(text[3:end]) if end > 0 else None
+    return isinstance(header, dict) and "kernelspec" in header
+
+
+def toc_notebooks(
+    toc: str | os.PathLike[str] = REPO_ROOT / "_toc.yml",
+) -> list[tuple[str, Path]]:
+    """``(name, source)`` of every notebook in the table of contents, in order."""
+    base = Path(toc).parent
+    out = []
+    for entry in toc_files(toc):
+        for suffix in (".md", ".ipynb"):
+            src = base / f"{entry}{suffix}"
+            if src.exists() and is_notebook(src):
+                out.append((Path(entry).name, src))
+                break
+    return out
+
+
+# --------------------------------------------------------------------------- running notebooks
+
+
+class NotebookError(RuntimeError):
+    """A notebook failed; names the notebook, the failing cell and its error."""
+
+    def __init__(
+        self,
+        notebook: str,
+        ename: str,
+        evalue: str,
+        cell_index: int | None = None,
+        output: Path | None = None,
+    ) -> None:
+        self.notebook, self.ename, self.evalue = notebook, ename, evalue
+        self.cell_index, self.output = cell_index, output
+        where = f" in cell {cell_index}" if cell_index is not None else ""
+        saved = f" (partial output: {output})" if output else ""
+        super().__init__(f"notebook {notebook!r} failed{where}: {ename}: {evalue}{saved}")
+
+
+def _resolve_notebook(name_or_path: str | os.PathLike[str]) -> Path:
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    for cand in (BOOK_DIR / f"{name_or_path}.md", BOOK_DIR / f"{name_or_path}.ipynb"):
+        if cand.exists():
+            return cand
+    raise FileNotFoundError(f"no notebook {str(name_or_path)!r} (looked for it in {BOOK_DIR})")
+
+
+def notebook_parameters(nb: Any) -> dict[str, Any]:
+    """Names and default values of the cell tagged ``parameters`` (values that are not literals
+    map to ``None``)."""
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
+            out: dict[str, Any] = {}
+            for node in ast.parse(cell.source).body:
+                if isinstance(node, ast.Assign | ast.AnnAssign):
+                    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                    try:
+                        value = ast.literal_eval(node.value) if node.value is not None else None
+                    except ValueError:
+                        value = None
+                    for t in targets:
+                        if isinstance(t, ast.Name):
+                            out[t.id] = value
+            return out
+    return {}
+
+
+def _absolute(params: dict[str, Any]) -> dict[str, Any]:
+    out = dict(params)
+    for k in PATH_PARAMETERS:
+        v = out.get(k)
+        if isinstance(v, str | os.PathLike) and v and not str(v).startswith("/path/to"):
+            out[k] = str(Path(v).expanduser().resolve())
+    return out
+
+
+def run_notebook(
+    name_or_path: str | os.PathLike[str],
+    parameters: Mapping[str, Any] | None = None,
+    output_dir: str | os.PathLike[str] = "_build/reproduce/notebooks",
+    profile: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+    kernel: str = "python3",
+    progress: bool = True,
+    timeout: int | None = None,
+) -> Path:
+    """Execute one notebook with papermill; return the executed ``<output_dir>/<name>.ipynb``.
+
+    Args:
+        name_or_path: ``"table1"`` (looked up in ``book/``) or the path of a ``.md``/``.ipynb``.
+        parameters: values injected after the cell tagged ``parameters``; they override the
+            profile's. Path values (``root``, ``output_dir``, ``cache_dir``) are made absolute.
+        output_dir: where the executed notebook is written (never the committed sources).
+        profile: a profile name, path or already loaded dict; its parameters (with this notebook's
+            overrides) are injected for the names the notebook declares.
+        kernel: Jupyter kernel name.
+        progress: papermill's per-cell progress bar.
+        timeout: per-cell timeout in seconds (``None``: no limit).
+
+    Raises:
+        NotebookError: a cell raised; the message names the notebook, the cell and the error.
+            The partially executed notebook is kept at the returned path.
+    """
+    import jupytext
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    src = _resolve_notebook(name_or_path)
+    name = src.stem
+    nb = jupytext.read(src)
+    nb.metadata["kernelspec"] = {"name": kernel, "display_name": "Python 3", "language": "python"}
+    declared = notebook_parameters(nb)
+    params: dict[str, Any] = {}
+    if profile is not None:
+        prof = profile if isinstance(profile, Mapping) else load_profile(profile)
+        params.update(
+            (k, v) for k, v in profile_parameters(prof, name).items() if k in declared or not declared
+        )
+    for k, v in (parameters or {}).items():
+        if declared and k not in declared:
+            print(f"warning: {name}: parameter {k!r} is not declared by the notebook", file=sys.stderr)
+        params[k] = v
+    params = _absolute(params)
+    out_dir = Path(output_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    output = out_dir / f"{name}.ipynb"
+    workdir = Path(params["output_dir"]) if params.get("output_dir") else out_dir
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        papermill.execute_notebook(
+            nb,
+            str(output),
+            parameters=params,
+            kernel_name=kernel,
+            progress_bar=progress,
+            cwd=str(workdir),
+            execution_timeout=timeout,
+            report_mode=False,
+        )
+    except PapermillExecutionError as err:
+        raise NotebookError(name, err.ename, err.evalue, err.cell_index, output) from err
+    except Exception as err:  # kernel died, timeout, bad parameters
+        raise NotebookError(name, type(err).__name__, str(err), None, output) from err
+    return output
+
+
+@dataclass
+class NotebookRun:
+    name: str
+    ok: bool
+    seconds: float
+    output: Path | None
+    error: str = ""
+
+
+def _check_data(params: Mapping[str, Any]) -> None:
+    dataset, root = params.get("dataset"), params.get("root")
+    if dataset in ("imagenet", "folder") and (not root or not Path(str(root)).exists()):
+        raise FileNotFoundError(
+            f"dataset {dataset!r} needs its root folder; {root!r} does not exist. "
+            "Point at ILSVRC2012 with -p root /path/to/ILSVRC2012 (see book/reproduce.md)."
+        )
+
+
+def reproduce(
+    profile: str | os.PathLike[str] | Mapping[str, Any] = "sample",
+    out: str | os.PathLike[str] | None = None,
+    only: Sequence[str] | None = None,
+    build: bool = True,
+    parameters: Mapping[str, Any] | None = None,
+    book_root: str | os.PathLike[str] = REPO_ROOT,
+    progress: bool = True,
+    warnings_as_errors: bool = True,
+) -> int:
+    """Execute every notebook of the table of contents, then build the site from the executed
+    copies. Returns 0 when everything ran, 1 when a notebook failed (the site is still built with
+    the others; a failed notebook's page shows its error).
+
+    Layout under ``out`` (default: the profile's ``output_dir``)::
+
+        notebooks/<name>.ipynb   executed notebooks
+        <name>_*.csv|png         each notebook's tables and figures
+        cache/                   saliency maps (resumable; unless the profile sets cache_dir)
+        book_src/                build tree: _config.yml, _toc.yml, book/ with executed .ipynb
+        _build/html/index.html   the site
+
+    Args:
+        profile: profile name, path or dict.
+        out: output folder; overrides the profile's ``output_dir`` (and its ``cache_dir``,
+            unless ``parameters`` sets one).
+        only: notebook names to run (the others keep their previous executed copy, if any).
+        build: build the HTML site after running.
+        parameters: overrides for every notebook (e.g. ``{"root": "/data/imagenet",
+            "device": "cuda"}``).
+        book_root: folder with ``_config.yml``, ``_toc.yml`` and ``book/``.
+    """
+    book_root = Path(book_root)
+    prof = dict(profile) if isinstance(profile, Mapping) else load_profile(profile)
+    prof["parameters"] = {**prof.get("parameters", {}), **(parameters or {})}
+    params = prof["parameters"]
+    if out is not None:
+        params["output_dir"] = str(out)
+        if not (parameters and "cache_dir" in parameters):
+            params["cache_dir"] = str(Path(out) / "cache")
+    out_dir = Path(params.get("output_dir") or "_build/reproduce").resolve()
+    params["output_dir"] = str(out_dir)
+    executed = out_dir / "notebooks"
+    notebooks = toc_notebooks(book_root / "_toc.yml")
+    unknown = set(only or ()) - {n for n, _ in notebooks}
+    if unknown:
+        raise ValueError(f"not in the table of contents: {sorted(unknown)}")
+    todo = [(n, s) for n, s in notebooks if not only or n in only]
+    runs: list[NotebookRun] = []
+    print(f"profile {prof.get('name')}: {len(todo)} notebook(s) -> {out_dir}", flush=True)
+    try:
+        _check_data(params)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for i, (name, src) in enumerate(todo, 1):
+        print(f"[{i}/{len(todo)}] {name} ...", flush=True)
+        t0 = time.perf_counter()
+        try:
+            path = run_notebook(src, None, executed, profile=prof, progress=progress)
+            runs.append(NotebookRun(name, True, time.perf_counter() - t0, path))
+            print(f"[{i}/{len(todo)}] {name} ok ({time.perf_counter() - t0:.1f} s)", flush=True)
+        except NotebookError as err:
+            runs.append(NotebookRun(name, False, time.perf_counter() - t0, err.output, str(err)))
+            print(f"[{i}/{len(todo)}] {name} FAILED: {err}", file=sys.stderr, flush=True)
+    failed = [r for r in runs if not r.ok]
+    status = 1 if failed else 0
+    if build:
+        src_tree = prepare_build_tree(book_root, out_dir / "book_src", executed)
+        try:
+            html = build_site(src_tree, warnings_as_errors=warnings_as_errors, output=out_dir)
+            print(f"site: {html / 'index.html'}", flush=True)
+        except subprocess.CalledProcessError as err:
+            print(f"error: jupyter-book build failed (exit {err.returncode})", file=sys.stderr)
+            status = 1
+    print(f"{len(runs) - len(failed)}/{len(runs)} notebook(s) ran", flush=True)
+    for r in failed:
+        print(f"  FAILED {r.name}: {r.error}", file=sys.stderr)
+    return status
+
+
+# --------------------------------------------------------------------------- building the site
+
+
+def prepare_build_tree(
+    book_root: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    executed: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Copy ``_config.yml``, ``_toc.yml`` and ``book/`` to ``dest``, with every notebook replaced
+    by its executed copy from ``executed/<name>.ipynb`` when there is one, else by its output-free
+    ``.ipynb`` (text ``.md`` notebooks are removed: jupyter-book would prefer them)."""
+    book_root, dest = Path(book_root), Path(dest)
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for f in ("_config.yml", "_toc.yml"):
+        shutil.copy2(book_root / f, dest / f)
+    shutil.copytree(
+        book_root / "book",
+        dest / "book",
+        ignore=shutil.ignore_patterns("_build", ".ipynb_checkpoints", "__pycache__"),
+    )
+    for md in (dest / "book").rglob("*.md"):
+        if not is_notebook(md):
+            continue
+        name = md.stem
+        ran = Path(executed) / f"{name}.ipynb" if executed else None
+        target = md.with_suffix(".ipynb")
+        if ran is not None and ran.exists():
+            shutil.copy2(ran, target)
+        elif not target.exists():
+            import jupytext
+
+            jupytext.write(jupytext.read(md), target, fmt="ipynb")
+        md.unlink()
+    return dest
+
+
+def build_site(
+    src: str | os.PathLike[str],
+    warnings_as_errors: bool = True,
+    output: str | os.PathLike[str] | None = None,
+    quiet: bool = True,
+) -> Path:
+    """``jupyter-book build`` of ``src`` (execution stays as configured: off). Returns the HTML
+    folder (``<output or src>/_build/html``). Raises ``subprocess.CalledProcessError`` on failure."""
+    src = Path(src).resolve()
+    cmd = [sys.executable, "-m", "jupyter_book.cli.main", "build", str(src), "--keep-going"]
+    if warnings_as_errors:
+        cmd += ["-W", "-n"]
+    if quiet:
+        cmd += ["-q"]
+    if output is not None:
+        cmd += ["--path-output", str(Path(output).resolve())]
+    subprocess.run(cmd, check=True)
+    return Path(output or src).resolve() / "_build" / "html"
+
+
+# --------------------------------------------------------------------------- notebook helpers
+
+
+#: The paper's network for each of our models (used to pick reference numbers).
+PAPER_NETWORK = {
+    "resnet50": "resnet50",
+    "vgg16_bn": "vgg16",
+    "efficientnet_lite0": "resnet50",
+    "tiny": "resnet50",
+}
+
+
+def paper_table(name: str) -> pd.DataFrame:
+    """The paper's values for table ``name`` (``table1`` ... ``tableA14``) as a tidy DataFrame:
+    ``table, dataset, network, method, variant, metric, value, direction`` (``value`` float,
+    NaN where the paper prints "–"). See ``paper_code/paper_tables/README.md``."""
+    ref = resources.files("paper_code") / "paper_tables" / f"{name}.csv"
+    if not ref.is_file():
+        raise FileNotFoundError(f"no paper table {name!r}")
+    with resources.as_file(ref) as path:
+        df = pd.read_csv(path, dtype={"value": str}, keep_default_na=False)
+    df["value"] = pd.to_numeric(df["value"].replace("", float("nan")))
+    return df
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(
+            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def provenance(start: float | None = None, device: str | None = None, **extra: Any) -> dict[str, Any]:
+    """What ran, for captions: package versions, git commit, device, date and wall time.
+
+    Args:
+        start: ``time.time()`` at the start of the notebook; gives ``wall_time_s``.
+        device: the torch device string used (``cpu``, ``cuda``, ``cuda:1``).
+        **extra: anything else to record (model, dataset, number of images, ...).
+    """
+    import torch
+
+    commit = _git("rev-parse", "--short=12", "HEAD") or "unknown"
+    if commit != "unknown" and _git("status", "--porcelain", "--untracked-files=no"):
+        commit += "+dirty"
+    if device and device.startswith("cuda") and torch.cuda.is_available():
+        hardware = torch.cuda.get_device_name(torch.device(device))
+    else:
+        hardware = f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
+    info: dict[str, Any] = {
+        **extra,
+        "device": device or "cpu",
+        "hardware": hardware,
+        "python": platform.python_version(),
+        "paper_code": _version("paper_code"),
+        "torch": torch.__version__,
+        "torchvision": _version("torchvision"),
+        "git_commit": commit,
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    if start is not None:
+        info["wall_time_s"] = round(time.time() - start, 1)
+    return info
+
+
+def format_provenance(info: Mapping[str, Any]) -> str:
+    """One line for a caption: ``key: value; ...``."""
+    return "; ".join(f"{k}: {v}" for k, v in info.items())
+
+
+def _batches(indices: Sequence[int], size: int) -> Iterable[list[int]]:
+    for s in range(0, len(indices), size):
+        yield list(indices[s : s + size])
+
+
+def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    try:
+        from .data import collate
+    except ImportError:  # pragma: no cover - data module not installed
+        collate = None
+    if collate is not None:
+        return collate(items)
+    import torch
+
+    return {
+        "image": torch.stack([it["image"] for it in items]),
+        "label": torch.tensor([int(it["label"]) for it in items]),
+        "boxes": [it.get("boxes") for it in items],
+        "id": [str(it["id"]) for it in items],
+    }
+
+
+def evaluate(
+    model: Any,
+    dataset: Any,
+    method: str,
+    *,
+    metric_fn: Callable[..., Mapping[str, Any]],
+    cache: Any,
+    table: Any,
+    batch_size: int = 8,
+    device: str = "cpu",
+    options: Mapping[str, Any] | None = None,
+    layer: str | None = None,
+    targets_fn: Callable[[Any, Any, Any], Any] | None = None,
+    key: Mapping[str, Any] | None = None,
+    row: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Per-image metrics of ``method`` on ``dataset``, resumable.
+
+    For each batch of images not yet in ``table`` (rows matching ``row``): maps from ``cache``
+    (computed with :func:`paper_code.explain` when missing), then ``metric_fn(model, images,
+    maps, targets)`` (plus ``batch=`` if it accepts it) -> ``{metric: Tensor[B]}``, appended to
+    ``table`` with ``row``, ``config`` (hash of the cache key: method, model, layer, options,
+    ``key``), ``id``, ``label``, ``target`` and ``seconds`` (compute time of the map per image).
+
+    Args:
+        targets_fn: ``targets_fn(model, images, labels) -> [B]`` class to explain (default: labels).
+        key: extra cache-key entries (e.g. ``{"dataset": "imagenet", "normalize": True}``); the
+            key always holds method, model name, layer and options.
+        row: extra columns identifying this run in ``table`` (default: model and method).
+
+    Returns:
+        The rows of ``table`` for this configuration and the images of ``dataset``.
+    """
+    import torch
+
+    from .explain import explain
+
+    from .results import key_hash
+
+    options = dict(options or {})
+    cache_key = {
+        "method": method,
+        "model": model.name,
+        "layer": layer or getattr(model, "target_layer_name", None),
+        "options": options,
+        **(key or {}),
+    }
+    row = {"model": model.name, "method": method, **(row or {}), "config": key_hash(cache_key)}
+    done = table.done_ids(**row)
+    ids = getattr(dataset, "ids", None)
+    if ids is None:
+        ids = [str(dataset[i]["id"]) for i in range(len(dataset))]
+    ids = [str(x) for x in ids]
+    indices = [i for i in range(len(dataset)) if ids[i] not in done]
+    pass_batch = "batch" in inspect.signature(metric_fn).parameters
+    batches = list(_batches(indices, batch_size))
+    bar = None
+    if progress and batches:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(indices), desc=f"{model.name}/{method}", leave=False)
+    for chunk in batches:
+        batch = _collate([dataset[i] for i in chunk])
+        images = batch["image"].to(device)
+        labels = batch["label"].to(device)
+        targets = targets_fn(model, images, labels) if targets_fn else labels
+        ids_b = [str(x) for x in batch["id"]]
+
+        def compute(pos: list[int], images=images, targets=targets) -> torch.Tensor:
+            return explain(method, model, images[pos], targets[pos], layer=layer, **options).cpu()
+
+        maps = cache.get_or_compute(cache_key, ids_b, compute).to(device)
+        seconds = getattr(cache, "last_seconds", None) or [math.nan] * len(ids_b)
+        kwargs = {"batch": batch} if pass_batch else {}
+        with torch.no_grad():
+            values = metric_fn(model, images, maps, targets, **kwargs)
+        rows = []
+        for j, image_id in enumerate(ids_b):
+            r = {**row, "id": image_id, "label": int(labels[j]), "target": int(targets[j])}
+            r["seconds"] = seconds[j]
+            for metric, v in values.items():
+                r[metric] = float(v[j])
+            rows.append(r)
+        table.append(rows)
+        if bar is not None:
+            bar.update(len(ids_b))
+    if bar is not None:
+        bar.close()
+    df = table.read(dedupe=[*row, "id"])
+    if df.empty:
+        return df
+    mask = df["id"].astype(str).isin(set(ids))
+    for k, v in row.items():
+        mask &= df[k].astype(str) == str(v)
+    return df[mask].reset_index(drop=True)
+
+
+def compare_with_paper(
+    ours: pd.DataFrame,
+    table: str,
+    metrics: Sequence[str],
+    index: Sequence[str] = ("model", "method"),
+) -> pd.DataFrame:
+    """Our summary beside the paper's values.
+
+    ``ours``: one row per (model, method) with a column per metric (our ``model`` names; ``method``
+    in the paper's spelling, e.g. ``Opti-CAM``). Returns a frame indexed like ``ours`` with columns
+    ``(metric, "ours" | "paper" | "diff")``; the paper's network for each model is
+    :data:`PAPER_NETWORK` (e.g. EfficientNet-Lite0 is shown against the paper's ResNet50).
+    """
+    paper = paper_table(table)
+    paper = paper[(paper["variant"] == "") & paper["metric"].isin(metrics)]
+    ref = paper.pivot_table(index=["network", "method"], columns="metric", values="value")
+    cols = {}
+    for m in metrics:
+        mine = ours.set_index(list(index))[m]
+        theirs = [
+            ref[m].get((PAPER_NETWORK.get(str(model), str(model)), meth), math.nan)
+            if m in ref
+            else math.nan
+            for model, meth in mine.index
+        ]
+        cols[(m, "ours")] = mine.to_numpy()
+        cols[(m, "paper")] = theirs
+        cols[(m, "diff")] = mine.to_numpy() - pd.Series(theirs, dtype=float).to_numpy()
+    out = pd.DataFrame(cols, index=mine.index)
+    out.columns = pd.MultiIndex.from_tuples(out.columns, names=["metric", ""])
+    return out

@@ -1,0 +1,679 @@
+"""Datasets: offline sample photographs, the ILSVRC2012 validation set, and any image folder.
+
+Every dataset returned by :func:`load_dataset` is a map-style :class:`torch.utils.data.Dataset`
+whose items are dicts::
+
+    {"image": FloatTensor[3, 224, 224] in [0, 1],
+     "label": int,                      # ImageNet class index (torchvision order), -1 if unknown
+     "boxes": FloatTensor[n, 4],        # x0, y0, x1, y1 in pixels of the 224x224 crop
+     "id": str}
+
+Images go through the paper's preprocessing, ``Resize(256)`` (shorter side) then
+``CenterCrop(224)`` then ``ToTensor`` (identical to ``Classifier.transform`` in
+:mod:`paper_code.models`). Boxes go through the same geometry (:func:`transform_boxes`):
+scaled by the resize factors that torchvision actually uses (long side ``int(256 * long / short)``),
+shifted by the crop offset ``int(round((size - 224) / 2))``, clipped to the crop; boxes that
+become empty are dropped. Box coordinates are taken as pixel-edge coordinates of the stored image
+(ILSVRC XML values are used as they are, no 1-based shift).
+
+Image decoding (:func:`open_rgb`) is shared by all datasets and converts every PIL mode to RGB:
+
+* ``1``, ``L``, ``P`` (without transparency), ``YCbCr``, ``LAB``, ``HSV``, ``CMYK``: PIL's
+  ``convert("RGB")`` (CMYK by PIL's plain conversion, no ICC colour management).
+* ``RGBA``, ``LA``, ``PA``, ``RGBa``, ``La`` and ``P`` with a transparency key: **composited on
+  white** (transparent pixels become white; the alpha channel is not simply dropped, which would
+  expose whatever colour the transparent pixels happen to store).
+* ``I;16*`` (16-bit) and ``I`` (32-bit integer): divided by 257 (65535 -> 255) when the maximum
+  exceeds 255, otherwise used as 8-bit values. ``F`` (float): taken as [0, 1] if its maximum is
+  <= 1, else as [0, 255]; clipped.
+* Multi-frame files (GIF, TIFF) use their first frame. EXIF orientation is *not* applied
+  (as in torchvision's ``ImageFolder``; ILSVRC boxes refer to the stored pixel grid).
+* Images smaller than 224 are upsampled by ``Resize(256)``, as in torchvision.
+
+Unreadable files never stop a long run halfway: each dataset validates its files at construction
+(``validate="header"``: ``PIL.Image.verify()``, which also checks PNG chunk CRCs, plus a check
+that a JPEG ends with its end-of-image marker, with a full decode of any JPEG lacking one;
+``validate="full"``: decode every file; ``"none"``: no check). Files that fail are excluded, a
+warning is logged on the ``paper_code.data`` logger, and ``dataset.skipped`` lists
+``(path, reason)``. If a file that passed validation still fails to decode in ``__getitem__``,
+:class:`ImageLoadError` is raised naming the file (re-run with ``validate="full"`` to exclude it).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import logging
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import transforms
+
+logger = logging.getLogger("paper_code.data")
+
+DATASETS = ("sample", "imagenet", "folder")
+RESIZE = 256
+CROP = 224
+IMAGE_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+    ".pbm",
+)
+VALIDATE_MODES = ("header", "full", "none")
+SAMPLE_JSON = Path(__file__).with_name("sample_images.json")
+_WNID = re.compile(r"^n\d{8}$")
+
+__all__ = [
+    "DATASETS",
+    "ImageLoadError",
+    "ImageDataset",
+    "collate",
+    "load_batch",
+    "load_dataset",
+    "open_rgb",
+    "transform_boxes",
+    "resized_size",
+    "crop_offset",
+    "validate_image",
+    "read_imagenet_labels",
+    "read_ilsvrc_xml",
+    "read_synsets",
+    "sample_records",
+]
+
+
+class ImageLoadError(RuntimeError):
+    """An image file could not be decoded (the message names the file)."""
+
+
+# --------------------------------------------------------------------------- image decoding
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Convert any PIL mode to RGB (see module docstring for the rules)."""
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode.startswith("I") or mode == "F":
+        arr = np.asarray(im, dtype=np.float64)
+        if arr.ndim == 3:  # e.g. "I;16" variants never are, but be safe
+            arr = arr[..., 0]
+        if mode == "F":
+            arr = arr * 255.0 if arr.size and np.nanmax(arr) <= 1.0 else arr
+        elif arr.size and arr.max() > 255:
+            arr = arr / 257.0
+        arr = np.clip(np.nan_to_num(arr), 0, 255).round().astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    return im.convert("RGB")
+
+
+def open_rgb(path: str | Path) -> Image.Image:
+    """Decode an image file fully and return it as an RGB PIL image.
+
+    Raises :class:`ImageLoadError` (naming the file) if it cannot be decoded.
+    """
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return _to_rgb(im).copy()
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBomb...
+        raise ImageLoadError(f"cannot decode image {str(path)!r}: {exc}") from exc
+
+
+def validate_image(path: str | Path, mode: str = "header") -> str | None:
+    """Return ``None`` if ``path`` looks decodable, else a short reason string.
+
+    ``mode``: ``"header"`` (cheap: ``Image.verify()`` plus a JPEG end-of-image marker check, with a
+    full decode only for JPEGs missing it), ``"full"`` (decode everything) or ``"none"``.
+    """
+    if mode not in VALIDATE_MODES:
+        raise ValueError(f"validate must be one of {VALIDATE_MODES}, got {mode!r}")
+    if mode == "none":
+        return None
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            return "empty file"
+        with Image.open(path) as im:
+            fmt = im.format
+            w, h = im.size
+            im.verify()
+        if w <= 0 or h <= 0:
+            return f"invalid size {w}x{h}"
+        need_decode = mode == "full"
+        if fmt == "JPEG" and not need_decode:
+            with open(path, "rb") as f:
+                f.seek(max(0, path.stat().st_size - 4096))
+                tail = f.read()
+            need_decode = b"\xff\xd9" not in tail
+        if need_decode:
+            open_rgb(path)
+    except ImageLoadError as exc:
+        return str(exc.__cause__ or exc)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def resized_size(width: int, height: int, size: int = RESIZE) -> tuple[int, int]:
+    """(new_width, new_height) of torchvision's ``Resize(size)`` (shorter side -> ``size``)."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = size, int(size * long / short)
+    return (new_short, new_long) if width <= height else (new_long, new_short)
+
+
+def crop_offset(width: int, height: int, crop: int = CROP) -> tuple[int, int]:
+    """(left, top) of torchvision's ``CenterCrop(crop)`` on an image of that size (no padding)."""
+    return int(round((width - crop) / 2.0)), int(round((height - crop) / 2.0))
+
+
+def transform_boxes(
+    boxes: torch.Tensor | Sequence[Sequence[float]],
+    width: int,
+    height: int,
+    size: int = RESIZE,
+    crop: int = CROP,
+) -> torch.Tensor:
+    """Map boxes (x0, y0, x1, y1) in a ``width`` x ``height`` image through Resize+CenterCrop.
+
+    Returns a float tensor [m, 4] in crop pixels, clipped to [0, crop]; empty boxes are dropped.
+    """
+    b = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    if b.numel() == 0:
+        return torch.zeros(0, 4)
+    new_w, new_h = resized_size(width, height, size)
+    left, top = crop_offset(new_w, new_h, crop)
+    scale = torch.tensor([new_w / width, new_h / height, new_w / width, new_h / height])
+    shift = torch.tensor([left, top, left, top], dtype=torch.float32)
+    out = (b * scale - shift).clamp(0.0, float(crop))
+    keep = (out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])
+    return out[keep]
+
+
+# --------------------------------------------------------------------------- base dataset
+
+
+class ImageDataset(Dataset):
+    """Generic list of image files with labels and original-pixel boxes.
+
+    Attributes:
+        paths, labels, ids: per item.
+        skipped: ``[(path, reason)]`` for files excluded at construction.
+        records: per-item metadata dicts (JSON entries for ``sample``; XML info for ``imagenet``).
+        categories: class names (torchvision ImageNet order) when known.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        labels: Sequence[int],
+        ids: Sequence[str],
+        boxes: Sequence[Any] | None = None,
+        box_sizes: Sequence[tuple[int, int] | None] | None = None,
+        records: Sequence[dict] | None = None,
+        validate: str = "header",
+        skipped: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        if validate not in VALIDATE_MODES:
+            raise ValueError(f"validate must be one of {VALIDATE_MODES}, got {validate!r}")
+        n = len(paths)
+        boxes = list(boxes) if boxes is not None else [[] for _ in range(n)]
+        box_sizes = list(box_sizes) if box_sizes is not None else [None] * n
+        records = list(records) if records is not None else [{} for _ in range(n)]
+        self.skipped: list[tuple[str, str]] = list(skipped)
+        self.paths: list[Path] = []
+        self.labels: list[int] = []
+        self.ids: list[str] = []
+        self._boxes: list[torch.Tensor] = []
+        self._box_sizes: list[tuple[int, int] | None] = []
+        self.records: list[dict] = []
+        for i in range(n):
+            reason = validate_image(paths[i], validate)
+            if reason is not None:
+                logger.warning("skipping %s: %s", paths[i], reason)
+                self.skipped.append((str(paths[i]), reason))
+                continue
+            self.paths.append(Path(paths[i]))
+            self.labels.append(int(labels[i]))
+            self.ids.append(str(ids[i]))
+            self._boxes.append(torch.as_tensor(boxes[i], dtype=torch.float32).reshape(-1, 4))
+            self._box_sizes.append(box_sizes[i])
+            self.records.append(records[i])
+        self.transform = transforms.Compose(
+            [transforms.Resize(RESIZE), transforms.CenterCrop(CROP), transforms.ToTensor()]
+        )
+        self.categories: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def original_boxes(self, index: int) -> torch.Tensor:
+        """Boxes of item ``index`` in original-image pixels (as annotated)."""
+        return self._boxes[index].clone()
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if index < 0:
+            index += len(self)
+        path = self.paths[index]
+        im = open_rgb(path)
+        w, h = im.size
+        boxes = self._boxes[index]
+        ann = self._box_sizes[index]
+        if boxes.numel() and ann is not None and tuple(ann) != (w, h):
+            # annotation made for a different stored size: rescale to the actual image
+            aw, ah = ann
+            boxes = boxes * torch.tensor([w / aw, h / ah, w / aw, h / ah])
+        return {
+            "image": self.transform(im),
+            "label": self.labels[index],
+            "boxes": transform_boxes(boxes, w, h),
+            "id": self.ids[index],
+        }
+
+
+def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """DataLoader ``collate_fn``: stacks ``image`` [B,3,224,224] and ``label`` [B] (long);
+    keeps ``boxes`` as a list of [n_i, 4] tensors and ``id`` as a list of str."""
+    return {
+        "image": torch.stack([it["image"] for it in items]),
+        "label": torch.tensor([int(it["label"]) for it in items], dtype=torch.long),
+        "boxes": [it["boxes"] for it in items],
+        "id": [it["id"] for it in items],
+    }
+
+
+def load_batch(
+    dataset: Dataset, indices: Iterable[int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stacked ``(images [B,3,224,224], labels [B])`` for ``indices`` (default: all items).
+
+    Use ``collate([dataset[i] for i in indices])`` to also get boxes and ids."""
+    if indices is None:
+        indices = range(len(dataset))  # type: ignore[arg-type]
+    batch = collate([dataset[int(i)] for i in indices])
+    return batch["image"], batch["label"]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _list_images(folder: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    )
+
+
+def _subset(n: int, subset: int | None, seed: int) -> list[int]:
+    """Deterministic, sorted sample of ``subset`` indices out of ``n`` (all when None/>= n)."""
+    if subset is None or subset >= n:
+        return list(range(n))
+    if subset < 0:
+        raise ValueError(f"subset must be >= 0, got {subset}")
+    g = torch.Generator().manual_seed(int(seed))
+    return sorted(torch.randperm(n, generator=g)[:subset].tolist())
+
+
+def _package_dir(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {package!r} is not installed")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+# --------------------------------------------------------------------------- sample
+
+
+def sample_records() -> list[dict]:
+    """The entries of ``sample_images.json`` (id, source, licence, label, synonyms, boxes...)."""
+    return json.loads(SAMPLE_JSON.read_text(encoding="utf-8"))["images"]
+
+
+def _sample(validate: str = "full", ids: Sequence[str] | None = None) -> ImageDataset:
+    """Real photographs shipped inside installed packages (scikit-image, scikit-learn, matplotlib);
+    no download. Boxes were hand-drawn in original pixels. Missing packages/files are skipped."""
+    recs = sample_records()
+    if ids is not None:
+        known = {r["id"] for r in recs}
+        unknown = [i for i in ids if i not in known]
+        if unknown:
+            raise ValueError(f"unknown sample ids {unknown}; valid: {sorted(known)}")
+        recs = [r for r in recs if r["id"] in set(ids)]
+    paths, labels, names, boxes, sizes, kept, skipped = [], [], [], [], [], [], []
+    for r in recs:
+        try:
+            path = _package_dir(r["package"]) / r["file"]
+        except FileNotFoundError as exc:
+            logger.warning("skipping sample %s: %s", r["id"], exc)
+            skipped.append((r["file"], str(exc)))
+            continue
+        paths.append(path)
+        labels.append(r["label"])
+        names.append(r["id"])
+        boxes.append(r["boxes"])
+        sizes.append(tuple(r["size"]))
+        kept.append(r)
+    ds = ImageDataset(paths, labels, names, boxes, sizes, kept, validate=validate, skipped=skipped)
+    from .models import imagenet_categories
+
+    ds.categories = imagenet_categories()
+    return ds
+
+
+# --------------------------------------------------------------------------- ImageNet
+
+
+def read_synsets(path: str | Path) -> list[str]:
+    """WordNet ids in class-index order from a synset list file.
+
+    Accepts one wnid per line, optionally followed by words (``LOC_synset_mapping.txt``,
+    ``synset_words.txt``: ``n01440764 tench, Tinca tinca``). The line order is taken as the class
+    order; for torchvision order that is the sorted wnids (the usual files are sorted)."""
+    wnids = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        tok = line.strip().split()
+        if tok:
+            if not _WNID.match(tok[0]):
+                raise ValueError(f"{path}: not a synset list (line {line!r})")
+            wnids.append(tok[0])
+    return wnids
+
+
+def read_imagenet_labels(
+    path: str | Path, filenames: Sequence[str], wnids: Sequence[str] | None = None
+) -> dict[str, int]:
+    """Read a validation label file into ``{filename_stem: class_index}``.
+
+    Supported formats (torchvision class order, 0..999):
+
+    * CSV/whitespace pairs ``filename,label`` or ``filename label`` (the official Opti-CAM
+      ``revisited_imagenet_2012_val.csv``, Caffe's ``val.txt``); an optional header line
+      (e.g. ``file_name,label``) is skipped. ``label`` may be an int or a wnid (or a Kaggle
+      ``LOC_val_solution.csv`` prediction string, whose first token is the wnid); wnids need
+      ``wnids`` (a synset list) to map to indices.
+    * a plain list of integer labels, one per line, in file order: line ``i`` is the label of the
+      ``i``-th of ``filenames`` (sorted ``ILSVRC2012_val_00000001.JPEG`` ...).
+
+    The devkit's ``ILSVRC2012_validation_ground_truth.txt`` holds 1-based *devkit* ids, which are
+    not torchvision indices: convert it first (a warning is logged if a file looks like it).
+    """
+    lines = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines()]
+    lines = [ln for ln in lines if ln]
+    wnid_index = {w: i for i, w in enumerate(wnids)} if wnids is not None else None
+
+    def parse_label(tok: str) -> int:
+        tok = tok.strip().split()[0] if tok.strip() else tok
+        if re.fullmatch(r"-?\d+", tok):
+            return int(tok)
+        if _WNID.match(tok):
+            if wnid_index is None:
+                raise ValueError(
+                    f"{path}: labels are wnids ({tok}); pass synsets= (a synset list file)"
+                )
+            return wnid_index[tok]
+        raise ValueError(f"{path}: cannot parse label {tok!r}")
+
+    out: dict[str, int] = {}
+    if all(re.fullmatch(r"-?\d+", ln) for ln in lines):
+        if len(lines) != len(filenames):
+            raise ValueError(
+                f"{path}: plain label list has {len(lines)} lines but {len(filenames)} images"
+            )
+        vals = [int(v) for v in lines]
+        if vals and min(vals) >= 1 and max(vals) == 1000:
+            logger.warning(
+                "%s looks like devkit ILSVRC2012_IDs (1..1000, devkit order), which are not "
+                "torchvision class indices",
+                path,
+            )
+        out = {Path(f).stem: v for f, v in zip(filenames, vals)}
+    else:
+        delim = "," if "," in lines[0] else None
+        rows = list(csv.reader(lines)) if delim == "," else [ln.split(None, 1) for ln in lines]
+        for k, row in enumerate(rows):
+            if len(row) < 2:
+                raise ValueError(f"{path}: line {k + 1} has no label: {lines[k]!r}")
+            name, lab = row[0].strip(), row[1]
+            if k == 0:
+                first = lab.strip().split()[0] if lab.strip() else ""
+                if not (re.fullmatch(r"-?\d+", first) or _WNID.match(first)):
+                    continue  # header
+            out[Path(name).stem] = parse_label(lab)
+    return out
+
+
+def read_ilsvrc_xml(path: str | Path) -> tuple[tuple[int, int] | None, list[tuple[str, list]]]:
+    """Parse an ILSVRC/PASCAL-VOC annotation: ``((width, height) or None, [(wnid, [x0,y0,x1,y1])])``."""
+    root = ET.parse(path).getroot()
+    size = None
+    s = root.find("size")
+    if s is not None:
+        try:
+            size = (int(float(s.findtext("width"))), int(float(s.findtext("height"))))
+        except (TypeError, ValueError):
+            size = None
+        if size is not None and (size[0] <= 0 or size[1] <= 0):
+            size = None
+    objs = []
+    for obj in root.findall("object"):
+        bb = obj.find("bndbox")
+        if bb is None:
+            continue
+        coords = [float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]
+        objs.append(((obj.findtext("name") or "").strip(), coords))
+    return size, objs
+
+
+def _find_first(candidates: Iterable[Path]) -> Path | None:
+    for c in candidates:
+        if c.exists():
+            return c
+    return None
+
+
+def _imagenet(
+    root: str | Path,
+    labels: str | Path | None = None,
+    boxes: str | Path | None = None,
+    synsets: str | Path | None = None,
+    subset: int | None = None,
+    seed: int = 0,
+    validate: str = "header",
+) -> ImageDataset:
+    """ILSVRC2012 validation set (see :func:`load_dataset` for the layout)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"ImageNet root {root} is not a directory")
+    img_dir = root / "val" if (root / "val").is_dir() else root
+    subdirs = sorted(d for d in img_dir.iterdir() if d.is_dir() and _WNID.match(d.name))
+    search = [root, img_dir, root.parent]
+    if synsets is None:
+        synsets = _find_first(
+            d / n
+            for d in search
+            for n in ("LOC_synset_mapping.txt", "synset_words.txt", "synsets.txt", "wnids.txt")
+        )
+    wnids = read_synsets(synsets) if synsets is not None else None
+    if subdirs:  # ImageFolder layout root/val/<wnid>/*.JPEG (e.g. after valprep.sh)
+        if wnids is None:
+            wnids = [d.name for d in subdirs]
+            if len(wnids) != 1000:
+                logger.warning(
+                    "%d wnid folders (not 1000): class indices follow their sorted order",
+                    len(wnids),
+                )
+        index = {w: i for i, w in enumerate(wnids)}
+        files = [p for d in subdirs for p in _list_images(d)]
+        label_of = {p.stem: index.get(p.parent.name, -1) for p in files}
+        files.sort(key=lambda p: p.name)
+    else:
+        files = _list_images(img_dir)
+        if labels is None:
+            labels = _find_first(
+                d / n
+                for d in search
+                for n in (
+                    "revisited_imagenet_2012_val.csv",
+                    "val_labels.csv",
+                    "LOC_val_solution.csv",
+                    "val.txt",
+                    "ILSVRC2012_val_labels.txt",
+                )
+            )
+        if labels is None:
+            logger.warning("no ImageNet label file found under %s: labels are -1", root)
+            label_of = {}
+        else:
+            label_of = read_imagenet_labels(labels, [p.name for p in files], wnids)
+    if not files:
+        raise FileNotFoundError(f"no images found in {img_dir}")
+    if boxes is None:
+        boxes = _find_first([root.parent / "bbox", root / "bbox", img_dir.parent / "bbox"])
+    box_dir = Path(boxes) if boxes is not None else None
+    if box_dir is not None and (box_dir / "val").is_dir():
+        box_dir = box_dir / "val"
+
+    keep = _subset(len(files), subset, seed)
+    files = [files[i] for i in keep]
+    labs, all_boxes, sizes, records = [], [], [], []
+    missing_labels = 0
+    for p in files:
+        lab = label_of.get(p.stem, -1)
+        missing_labels += lab == -1
+        labs.append(lab)
+        b: list = []
+        size = None
+        rec: dict[str, Any] = {"path": str(p)}
+        if box_dir is not None:
+            xml = box_dir / f"{p.stem}.xml"
+            if xml.exists():
+                try:
+                    size, objs = read_ilsvrc_xml(xml)
+                except (ET.ParseError, ValueError, TypeError) as exc:
+                    logger.warning("ignoring unreadable box file %s: %s", xml, exc)
+                    objs = []
+                rec["xml"] = str(xml)
+                rec["wnids"] = sorted({w for w, _ in objs})
+                if wnids is not None and 0 <= lab < len(wnids):
+                    b = [c for w, c in objs if w == wnids[lab]]
+                else:
+                    b = [c for _, c in objs]
+        all_boxes.append(b)
+        sizes.append(size)
+        records.append(rec)
+    if missing_labels and label_of:
+        logger.warning("%d images have no label in %s (label -1)", missing_labels, labels)
+    ds = ImageDataset(
+        files, labs, [p.stem for p in files], all_boxes, sizes, records, validate=validate
+    )
+    ds.wnids = wnids  # type: ignore[attr-defined]
+    from .models import imagenet_categories
+
+    ds.categories = imagenet_categories()
+    return ds
+
+
+# --------------------------------------------------------------------------- folder
+
+
+def _folder(
+    root: str | Path,
+    subset: int | None = None,
+    seed: int = 0,
+    validate: str = "header",
+    class_to_idx: dict[str, int] | None = None,
+) -> ImageDataset:
+    """ImageFolder-like tree ``root/<class>/*.jpg`` (labels = index of the sorted class folder
+    names, or ``class_to_idx``), or a flat folder of images (labels -1). No boxes."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"folder {root} is not a directory")
+    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classes = [d.name for d in subdirs if _list_images(d)]
+    files: list[Path] = []
+    labs: list[int] = []
+    if classes:
+        if class_to_idx is None:
+            class_to_idx = {c: i for i, c in enumerate(classes)}
+        for c in classes:
+            imgs = _list_images(root / c)
+            files += imgs
+            labs += [class_to_idx.get(c, -1)] * len(imgs)
+    flat = _list_images(root)
+    files += flat
+    labs += [-1] * len(flat)
+    if not files:
+        raise FileNotFoundError(f"no images found in {root}")
+    keep = _subset(len(files), subset, seed)
+    files = [files[i] for i in keep]
+    labs = [labs[i] for i in keep]
+    ids = [p.relative_to(root).with_suffix("").as_posix() for p in files]
+    ds = ImageDataset(files, labs, ids, validate=validate)
+    ds.classes = classes  # type: ignore[attr-defined]
+    ds.class_to_idx = class_to_idx or {}  # type: ignore[attr-defined]
+    return ds
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def load_dataset(name: str = "sample", **kw: Any) -> ImageDataset:
+    """Build a dataset by name.
+
+    * ``"sample"`` (default; ``validate="full"``, ``ids=None``): 9 real photographs shipped inside
+      scikit-image, scikit-learn and matplotlib (no download), with hand-checked ImageNet labels,
+      synonyms and hand-drawn boxes from ``sample_images.json`` (``dataset.records``).
+    * ``"imagenet"`` (``root``; ``labels=None``, ``boxes=None``, ``synsets=None``,
+      ``subset=None``, ``seed=0``, ``validate="header"``): the ILSVRC2012 validation set.
+      Images are ``root/*.JPEG`` or ``root/val/*.JPEG`` (flat), or ``root[/val]/<wnid>/*.JPEG``
+      (labels from the folders, ``labels=`` is then ignored; class index = position of the wnid
+      in ``synsets=`` if given, else in the sorted list of wnid folders).
+      For a flat layout, labels come from ``labels=`` (see :func:`read_imagenet_labels`), else
+      the first of ``revisited_imagenet_2012_val.csv``, ``val_labels.csv``,
+      ``LOC_val_solution.csv``, ``val.txt``, ``ILSVRC2012_val_labels.txt`` found in ``root``,
+      ``root/val`` or ``root/..``; without one, labels are -1.
+      Boxes come from ILSVRC XMLs ``<boxes>/ILSVRC2012_val_00000001.xml`` (``boxes=`` or the
+      first existing ``root/../bbox``, ``root/bbox``; a ``val`` subfolder is used if present).
+      Only boxes whose ``<name>`` is the ground-truth wnid are kept, which needs the
+      wnid -> index map: ``synsets=`` (a synset list, e.g. ``LOC_synset_mapping.txt``; also
+      auto-found as above) or the wnid folders. Without it, all objects' boxes are kept (in
+      ILSVRC2012 val only the ground-truth class is annotated, so this is usually the same).
+      ``subset=k`` takes a deterministic sample of ``k`` images: the first ``k`` of
+      ``torch.randperm(n, generator=torch.Generator().manual_seed(seed))``, sorted. The paper
+      does not state how its evaluation subset was chosen; this is our choice. The sample is
+      drawn before validation, so files skipped as unreadable make the dataset shorter than ``k``
+      (they are listed in ``dataset.skipped``).
+    * ``"folder"`` (``root``; ``subset=None``, ``seed=0``, ``validate="header"``,
+      ``class_to_idx=None``): an ImageFolder-like tree or a flat folder (labels -1); no boxes.
+    """
+    builders = {"sample": _sample, "imagenet": _imagenet, "folder": _folder}
+    if name not in builders:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+    return builders[name](**kw)
