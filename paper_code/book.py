@@ -286,11 +286,15 @@ def run_notebook(
     if profile is not None:
         prof = profile if isinstance(profile, Mapping) else load_profile(profile)
         params.update(
-            (k, v) for k, v in profile_parameters(prof, name).items() if k in declared or not declared
+            (k, v)
+            for k, v in profile_parameters(prof, name).items()
+            if k in declared or not declared
         )
     for k, v in (parameters or {}).items():
         if declared and k not in declared:
-            print(f"warning: {name}: parameter {k!r} is not declared by the notebook", file=sys.stderr)
+            print(
+                f"warning: {name}: parameter {k!r} is not declared by the notebook", file=sys.stderr
+            )
         params[k] = v
     params = _absolute(params)
     out_dir = Path(output_dir).resolve()
@@ -514,7 +518,9 @@ def _git(*args: str) -> str:
         return ""
 
 
-def provenance(start: float | None = None, device: str | None = None, **extra: Any) -> dict[str, Any]:
+def provenance(
+    start: float | None = None, device: str | None = None, **extra: Any
+) -> dict[str, Any]:
     """What ran, for captions: package versions, git commit, device, date and wall time.
 
     Args:
@@ -611,7 +617,6 @@ def evaluate(
     import torch
 
     from .explain import explain
-
     from .results import key_hash
 
     options = dict(options or {})
@@ -649,8 +654,7 @@ def evaluate(
         maps = cache.get_or_compute(cache_key, ids_b, compute).to(device)
         seconds = getattr(cache, "last_seconds", None) or [math.nan] * len(ids_b)
         kwargs = {"batch": batch} if pass_batch else {}
-        with torch.no_grad():
-            values = metric_fn(model, images, maps, targets, **kwargs)
+        values = metric_fn(model, images, maps, targets, **kwargs)
         rows = []
         for j, image_id in enumerate(ids_b):
             r = {**row, "id": image_id, "label": int(labels[j]), "target": int(targets[j])}
@@ -663,7 +667,7 @@ def evaluate(
             bar.update(len(ids_b))
     if bar is not None:
         bar.close()
-    df = table.read(dedupe=[*row, "id"])
+    df = table.read(dedupe=[*row, "id"], dtype={k: str for k in row})
     if df.empty:
         return df
     mask = df["id"].astype(str).isin(set(ids))

@@ -96,8 +96,10 @@ def forward_with_gradients(
         logits = model(images)
         acts = _check_activation(cap, layer)
         index = torch.arange(images.shape[0], device=logits.device)
-        scores = target(logits, index)
-        (grads,) = torch.autograd.grad(scores.sum(), acts, allow_unused=True)
+        scores = target(logits, index).sum()
+        grads = None
+        if scores.requires_grad:
+            (grads,) = torch.autograd.grad(scores, acts, allow_unused=True)
     if grads is None:  # the score does not depend on the layer
         grads = torch.zeros_like(acts)
     return acts.detach(), grads.detach()

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import math
 import json
+import math
 import os
 import re
 import tempfile
@@ -109,7 +109,9 @@ class MapCache:
         if key_file.exists():
             stored = json.loads(key_file.read_text())
             if _canonical(stored) != _canonical(json.loads(_canonical(key))):
-                raise RuntimeError(f"hash collision in {folder}: stored key {stored} != {dict(key)}")
+                raise RuntimeError(
+                    f"hash collision in {folder}: stored key {stored} != {dict(key)}"
+                )
         else:
             payload = json.dumps(json.loads(_canonical(key)), indent=2, sort_keys=True) + "\n"
             _atomic_write_bytes(key_file, payload.encode())
@@ -268,12 +270,15 @@ class ResultTable:
             mask &= df[col] == _cell(value)
         return set(df.loc[mask, self.id_column])
 
-    def read(self, dedupe: Sequence[str] | None = None) -> pd.DataFrame:
+    def read(
+        self, dedupe: Sequence[str] | None = None, dtype: Mapping[str, Any] | None = None
+    ) -> pd.DataFrame:
         """All rows as a DataFrame (empty if nothing was written). ``dedupe``: columns that
-        identify a row; duplicates (e.g. from a rerun after a crash) keep the last one."""
+        identify a row; duplicates (e.g. from a rerun after a crash) keep the last one.
+        ``dtype``: column types for :func:`pandas.read_csv` (the id column is always text)."""
         if self.columns is None:
             return pd.DataFrame()
-        df = pd.read_csv(self.path, dtype={self.id_column: str})
+        df = pd.read_csv(self.path, dtype={**(dtype or {}), self.id_column: str})
         if dedupe:
             df = df.drop_duplicates(subset=list(dedupe), keep="last").reset_index(drop=True)
         return df

@@ -77,7 +77,10 @@ def test_unsafe_ids_and_bad_shapes(tmp_path) -> None:
     ids = ["n01440764/ILSVRC2012_val_00000293.JPEG", "../x", "a b"]
     out = cache.get_or_compute({"method": "m"}, ids, lambda p: torch.ones(len(p), 1, 4, 4))
     assert out.shape == (3, 1, 4, 4)
-    assert all(p.parent == cache.folder({"method": "m"}) for p in map(lambda x: cache.path({"method": "m"}, x), ids))
+    assert all(
+        p.parent == cache.folder({"method": "m"})
+        for p in map(lambda x: cache.path({"method": "m"}, x), ids)
+    )
     with pytest.raises(ValueError, match="must be"):
         cache.get_or_compute({"method": "m2"}, ["a"], lambda p: torch.ones(4, 4))
     with pytest.raises(ValueError, match="unique"):

@@ -24,27 +24,40 @@ BOXES = [  # (x, y, text, colour)
 ARROWS = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6), (6, 7)]
 
 
-def main(out: Path = Path(__file__).with_name("opticam_schematic.png")) -> None:
+OUT = Path(__file__).with_name("opticam_schematic.png")
+
+
+def main(out: Path = OUT) -> None:
     fig, ax = plt.subplots(figsize=(9, 3), dpi=120)
     ax.set_xlim(-0.4, 9.0)
     ax.set_ylim(-0.3, 2.8)
     ax.axis("off")
     for x, y, text, colour in BOXES:
         ax.add_patch(
-            FancyBboxPatch((x - 0.7, y - 0.35), 1.4, 0.7, boxstyle="round,pad=0.05", fc=colour, ec="k")
+            FancyBboxPatch(
+                (x - 0.7, y - 0.35), 1.4, 0.7, boxstyle="round,pad=0.05", fc=colour, ec="k"
+            )
         )
         ax.text(x, y, text, ha="center", va="center", fontsize=8)
     for a, b in ARROWS:
         (xa, ya, *_), (xb, yb, *_) = BOXES[a], BOXES[b]
         if ya == yb:
-            start, end = (xa + 0.8 * (1 if xb > xa else -1), ya), (xb - 0.8 * (1 if xb > xa else -1), yb)
+            start, end = (
+                (xa + 0.8 * (1 if xb > xa else -1), ya),
+                (xb - 0.8 * (1 if xb > xa else -1), yb),
+            )
         else:
             start, end = (xa, ya - 0.4), (xb, yb + 0.4)
         ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=12, color="k"))
     ax.add_patch(  # gradient path back to u, in blue as in the paper
         FancyArrowPatch(
-            (3.9, 0.9), (5.8, 1.6), connectionstyle="arc3,rad=-0.3", arrowstyle="-|>",
-            mutation_scale=12, color="tab:blue", lw=1.5,
+            (3.9, 0.9),
+            (5.8, 1.6),
+            connectionstyle="arc3,rad=-0.3",
+            arrowstyle="-|>",
+            mutation_scale=12,
+            color="tab:blue",
+            lw=1.5,
         )
     )
     ax.text(3.2, 1.25, "Adam on $u$\n(maximize $F$)", color="tab:blue", fontsize=8, ha="center")

@@ -1,0 +1,205 @@
+"""The resumable experiment loop every notebook uses: maps from a shared cache, per-image metric rows.
+
+A notebook describes *what* to compute; :func:`run_rows` does the bookkeeping:
+
+1. images are processed ``batch_size`` at a time, so memory stays bounded on 50,000 images;
+2. saliency maps come from a :class:`~paper_code.results.MapCache` shared by all notebooks (the
+   Opti-CAM maps of Table 1 are reused by Tables 3, 4, 5, A.7 ...), computed only when missing;
+3. per-image rows are appended to a :class:`~paper_code.results.ResultTable` after each batch, and
+   images already in the table are skipped, so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import collate, load_dataset
+from .explain import explain
+from .models import Classifier, load_model
+from .results import MapCache, ResultTable
+
+#: The CAM methods of Table 1 that run on CNNs, in the paper's row order.
+TABLE1_METHODS = (
+    "fakecam",
+    "gradcam",
+    "gradcampp",
+    "scorecam",
+    "ablationcam",
+    "xgradcam",
+    "layercam",
+    "hirescam",
+    "opticam",
+)
+
+#: How the class to explain is chosen (Table A.9 uses the last four).
+TARGET_RULES = ("ground_truth", "most_probable", "second_most_probable", "least_probable")
+
+
+@dataclass
+class Batch:
+    """One chunk of the dataset on the device."""
+
+    images: torch.Tensor  # [B, 3, H, W] in [0, 1]
+    labels: torch.Tensor  # [B] ground-truth class (-1 unknown)
+    boxes: list[torch.Tensor]  # per image [n, 4]
+    ids: list[str]
+    logits: torch.Tensor  # [B, C] of the clean images
+
+
+def open_dataset(params: Mapping[str, Any]):
+    """The dataset named by notebook parameters ``dataset``, ``root``, ``n_images`` and ``seed``."""
+    name = params.get("dataset", "sample")
+    kw: dict[str, Any] = {}
+    if params.get("root"):
+        kw["root"] = params["root"]
+    n = params.get("n_images")
+    if name in ("imagenet", "folder") and n:
+        kw["subset"] = int(n)
+        kw["seed"] = int(params.get("seed", 0))
+    ds = load_dataset(name, **kw)
+    if n and len(ds) > int(n):
+        ds = torch.utils.data.Subset(ds, list(range(int(n))))
+    return ds
+
+
+def dataset_ids(dataset) -> list[str]:
+    """Image ids of a dataset (or a ``Subset`` of one) without decoding any image."""
+    return _ids(dataset)
+
+
+def _ids(dataset) -> list[str]:
+    base = dataset
+    idx = None
+    if isinstance(dataset, torch.utils.data.Subset):
+        base, idx = dataset.dataset, list(dataset.indices)
+    ids = getattr(base, "ids", None)
+    if ids is None:
+        return [dataset[i]["id"] for i in range(len(dataset))]
+    ids = list(ids)
+    return [ids[i] for i in idx] if idx is not None else ids
+
+
+def batches(
+    model: Classifier, dataset, batch_size: int, device: str | torch.device, skip: set[str] = frozenset()
+):
+    """Yield :class:`Batch` chunks of ``dataset`` (images whose id is in ``skip`` are left out)."""
+    ids = _ids(dataset)
+    todo = [i for i, x in enumerate(ids) if x not in skip]
+    for start in range(0, len(todo), batch_size):
+        items = [dataset[i] for i in todo[start : start + batch_size]]
+        b = collate(items)
+        images = b["image"].to(device)
+        with torch.no_grad():
+            logits = model(images)
+        yield Batch(images, b["label"].to(device), b["boxes"], b["id"], logits)
+
+
+def target_classes(batch: Batch, rule: str = "ground_truth") -> torch.Tensor:
+    """Class per image under ``rule`` (one of :data:`TARGET_RULES`)."""
+    if rule == "ground_truth":
+        if (batch.labels < 0).any():
+            raise ValueError("ground-truth targets need labelled images (label -1 found)")
+        return batch.labels
+    order = batch.logits.argsort(1, descending=True)
+    if rule == "most_probable":
+        return order[:, 0]
+    if rule == "second_most_probable":
+        return order[:, 1]
+    if rule == "least_probable":
+        return order[:, -1]
+    raise ValueError(f"unknown target rule {rule!r}; valid: {', '.join(TARGET_RULES)}")
+
+
+def map_key(model: Classifier, method: str, target_rule: str, options: Mapping[str, Any]) -> dict:
+    """What identifies a set of cached maps."""
+    return {
+        "method": method,
+        "model": model.name,
+        "layer": options.get("layer") or model.target_layer_name,
+        "standardized": bool(model.standardize.enabled),
+        "target": target_rule,
+        "options": {k: v for k, v in sorted(options.items()) if k not in ("layer", "progress")},
+    }
+
+
+def cached_maps(
+    cache: MapCache,
+    model: Classifier,
+    method: str,
+    batch: Batch,
+    target_rule: str = "ground_truth",
+    options: Mapping[str, Any] | None = None,
+    key_extra: Mapping[str, Any] | None = None,
+) -> tuple[torch.Tensor, list[float]]:
+    """Maps ``[B, 1, H, W]`` (on the batch's device) and seconds per image for ``method``.
+
+    ``key_extra`` distinguishes maps of otherwise identical settings (e.g. a randomized model).
+    """
+    options = dict(options or {})
+    key = map_key(model, method, target_rule, options)
+    if key_extra:
+        key.update(key_extra)
+    classes = target_classes(batch, target_rule)
+
+    def compute(pos: list[int]) -> torch.Tensor:
+        idx = torch.tensor(pos, device=batch.images.device)
+        return explain(method, model, batch.images[idx], classes[idx], **options)
+
+    maps = cache.get_or_compute(key, batch.ids, compute)
+    return maps.to(batch.images.device), list(cache.last_seconds)
+
+
+RowFn = Callable[[Batch], Sequence[Mapping[str, Any]]]
+
+
+def run_rows(
+    table: ResultTable,
+    model: Classifier,
+    dataset,
+    rows_for_batch: RowFn,
+    tag: Mapping[str, Any],
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    desc: str | None = None,
+) -> None:
+    """Append ``rows_for_batch(batch)`` for every image not yet in ``table`` under ``tag``.
+
+    ``tag`` (e.g. ``{"model": "resnet50", "method": "opticam"}``) is added to each row and is what
+    "already done" is checked against, so one table can hold many methods and models.
+    """
+    done = table.done_ids(**{k: str(v) for k, v in tag.items()}) if table.path.exists() else set()
+    ids = _ids(dataset)
+    todo = [x for x in ids if x not in done]
+    if not todo:
+        return
+    bar = tqdm(total=len(todo), desc=desc or str(dict(tag)), disable=not progress, leave=False)
+    for batch in batches(model, dataset, batch_size, device, skip=done):
+        rows = [{**tag, **row} for row in rows_for_batch(batch)]
+        table.append(rows)
+        bar.update(len(batch.ids))
+    bar.close()
+
+
+def setup(params: Mapping[str, Any], model_name: str | None = None) -> tuple[Classifier, Any, MapCache, Path]:
+    """Model, dataset, shared map cache and output folder from notebook parameters."""
+    device = params.get("device", "cpu")
+    name = model_name or (params.get("models") or ["efficientnet_lite0"])[0]
+    weights = (params.get("weights") or {}).get(name) if isinstance(params.get("weights"), dict) else None
+    model = load_model(name, weights=weights, device=device)
+    dataset = open_dataset(params)
+    out = Path(params.get("output_dir", "_build/results"))
+    out.mkdir(parents=True, exist_ok=True)
+    cache = MapCache(params.get("cache_dir") or out / "cache")
+    return model, dataset, cache, out
+
+
+def seconds_since(t0: float) -> float:
+    return time.perf_counter() - t0
