@@ -8,16 +8,11 @@ Main entry points:
 - :mod:`paper_code.metrics` -- every evaluation metric of the paper.
 """
 
+from . import metrics
+from .data import load_dataset
 from .explain import METHODS, PAPER_NAMES, explain
 from .models import MODELS, load_model
 
 __version__ = "0.1.0"
 
-__all__ = ["METHODS", "MODELS", "PAPER_NAMES", "explain", "load_dataset", "load_model"]
-
-
-def load_dataset(name: str = "sample", **kwargs):  # noqa: D401 - thin lazy wrapper
-    """See :func:`paper_code.data.load_dataset`."""
-    from .data import load_dataset as _load
-
-    return _load(name, **kwargs)
+__all__ = ["METHODS", "MODELS", "PAPER_NAMES", "explain", "load_dataset", "load_model", "metrics"]

@@ -84,7 +84,7 @@ def largest_component_box(
     if n == 0:
         return None
     best = int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
-    sl = ndimage.find_objects(labels == best)[0]
+    sl = ndimage.find_objects(labels)[best - 1]
     return (float(sl[1].start), float(sl[0].start), float(sl[1].stop), float(sl[0].stop))
 
 
@@ -247,16 +247,17 @@ def localization(
         sm = nan.clone()
 
     # BoxAcc hit tables.
-    eta_t = torch.as_tensor(list(etas), dtype=torch.float64)
+    raw = maps.detach().cpu()  # thresholds compared in the maps' own dtype (0.4f > 0.4 is False)
+    eta_t = torch.as_tensor(list(etas), dtype=raw.dtype if raw.is_floating_point() else torch.float64)
     delta_t = torch.as_tensor(list(deltas), dtype=torch.float64)
     hits = torch.zeros(b, len(eta_t), len(delta_t), dtype=torch.bool)
     for i in range(b):
         if not valid[i]:
             continue
-        stack = (s[i, 0][None] > eta_t[:, None, None]).numpy()
+        stack = (raw[i, 0][None] > eta_t[:, None, None]).numpy()
         bx = torch.from_numpy(_stack_boxes(stack))  # [n_eta, 4]; empty -> zero box, IoU 0
         best = box_iou(bx[:, None], gt[i][None]).amax(1)  # [n_eta]
-        hits[i] = best[:, None] >= delta_t[None]
+        hits[i] = best[:, None] >= delta_t[None] - 1e-12  # IoU exactly δ counts (float guard)
 
     out = {
         "OM": om, "LE": le, "F1": f1 * 100, "SP": sp * 100, "EP": prec * 100, "SM": sm,
