@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 
 import torch
@@ -111,4 +112,7 @@ def explain(
         layer_module = None
     else:
         raise ValueError("pass layer=<nn.Module> for models that are not paper_code Classifiers")
-    return METHODS[method](model, images, target, layer_module, **options)
+    fn = METHODS[method]
+    if "progress" in options and "progress" not in inspect.signature(fn).parameters:
+        options.pop("progress")  # single-pass methods have no loop to report on
+    return fn(model, images, target, layer_module, **options)
