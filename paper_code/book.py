@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ast
 import copy
-import datetime as _dt
 import inspect
 import math
 import os
@@ -38,10 +37,12 @@ import yaml
 __all__ = [
     "BOOK_DIR",
     "REPO_ROOT",
+    "PAPER_ORDER",
     "NotebookError",
     "build_site",
     "compare_with_paper",
     "evaluate",
+    "load_data",
     "load_profile",
     "notebook_parameters",
     "paper_table",
@@ -51,6 +52,7 @@ __all__ = [
     "run_notebook",
     "toc_files",
     "toc_notebooks",
+    "write_toc",
 ]
 
 #: Repository root (where ``_config.yml`` and ``_toc.yml`` live) for a source checkout.
@@ -112,13 +114,14 @@ def load_profile(name_or_path: str | os.PathLike[str]) -> dict[str, Any]:
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a profile must be a YAML mapping")
+    data.setdefault("name", path.stem)
+    data.setdefault("description", "")
     parent = data.pop("extends", None)
     if parent:
         parent_path = path.parent / str(parent)
         base = load_profile(parent_path if parent_path.exists() else parent)
+        base.pop("source", None)
         data = _merge(base, data)
-    data.setdefault("name", path.stem)
-    data.setdefault("description", "")
     data["parameters"] = dict(data.get("parameters") or {})
     data["notebooks"] = dict(data.get("notebooks") or {})
     data["source"] = str(path)
@@ -172,17 +175,15 @@ def is_notebook(path: Path) -> bool:
     return isinstance(header, dict) and "kernelspec" in header
 
 
-def toc_notebooks(
-    toc: str | os.PathLike[str] = REPO_ROOT / "_toc.yml",
-) -> list[tuple[str, Path]]:
-    """``(name, source)`` of every notebook in the table of contents, in order."""
+def toc_notebooks(toc: str | os.PathLike[str] = REPO_ROOT / "_toc.yml") -> list[Path]:
+    """Source of every notebook in the table of contents, in order (its name is ``.stem``)."""
     base = Path(toc).parent
     out = []
     for entry in toc_files(toc):
         for suffix in (".md", ".ipynb"):
             src = base / f"{entry}{suffix}"
             if src.exists() and is_notebook(src):
-                out.append((Path(entry).name, src))
+                out.append(src)
                 break
     return out
 
@@ -279,7 +280,7 @@ def run_notebook(
 
     src = _resolve_notebook(name_or_path)
     name = src.stem
-    nb = jupytext.read(src)
+    nb = jupytext.read(src, fmt="md:myst" if src.suffix == ".md" else None)
     nb.metadata["kernelspec"] = {"name": kernel, "display_name": "Python 3", "language": "python"}
     declared = notebook_parameters(nb)
     params: dict[str, Any] = {}
@@ -381,7 +382,7 @@ def reproduce(
     out_dir = Path(params.get("output_dir") or "_build/reproduce").resolve()
     params["output_dir"] = str(out_dir)
     executed = out_dir / "notebooks"
-    notebooks = toc_notebooks(book_root / "_toc.yml")
+    notebooks = [(src.stem, src) for src in toc_notebooks(book_root / "_toc.yml")]
     unknown = set(only or ()) - {n for n, _ in notebooks}
     if unknown:
         raise ValueError(f"not in the table of contents: {sorted(unknown)}")
@@ -452,7 +453,7 @@ def prepare_build_tree(
         elif not target.exists():
             import jupytext
 
-            jupytext.write(jupytext.read(md), target, fmt="ipynb")
+            jupytext.write(jupytext.read(md, fmt="md:myst"), target, fmt="ipynb")
         md.unlink()
     return dest
 
@@ -466,7 +467,9 @@ def build_site(
     """``jupyter-book build`` of ``src`` (execution stays as configured: off). Returns the HTML
     folder (``<output or src>/_build/html``). Raises ``subprocess.CalledProcessError`` on failure."""
     src = Path(src).resolve()
-    cmd = [sys.executable, "-m", "jupyter_book.cli.main", "build", str(src), "--keep-going"]
+    # jupyter_book.cli.main has no __main__ block: call its click entry point.
+    entry = "from jupyter_book.cli.main import main; main()"
+    cmd = [sys.executable, "-c", entry, "build", str(src), "--keep-going"]
     if warnings_as_errors:
         cmd += ["-W", "-n"]
     if quiet:
@@ -546,7 +549,7 @@ def provenance(
         "torch": torch.__version__,
         "torchvision": _version("torchvision"),
         "git_commit": commit,
-        "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     if start is not None:
         info["wall_time_s"] = round(time.time() - start, 1)
@@ -707,3 +710,62 @@ def compare_with_paper(
     out = pd.DataFrame(cols, index=mine.index)
     out.columns = pd.MultiIndex.from_tuples(out.columns, names=["metric", ""])
     return out
+
+
+def load_data(
+    dataset: str = "sample",
+    root: str | None = None,
+    n_images: int | None = None,
+    seed: int = 0,
+) -> Any:
+    """:func:`paper_code.load_dataset` with the notebooks' parameters: ``n_images`` images (a seeded
+    subset for ImageNet and folders; the first ``n_images`` of the bundled sample), all if ``None``."""
+    from . import load_dataset
+
+    if dataset == "sample":
+        ds = load_dataset("sample")
+        if n_images is not None and n_images < len(ds):
+            ds = load_dataset("sample", ids=ds.ids[:n_images])
+        return ds
+    if root is None or str(root).startswith("/path/to") or not Path(str(root)).exists():
+        raise FileNotFoundError(
+            f"dataset {dataset!r} needs root=<folder>; got {root!r}. "
+            "Pass -p root /path/to/ILSVRC2012 (see the 'Reproducing the results' page)."
+        )
+    return load_dataset(dataset, root=root, subset=n_images, seed=seed)
+
+
+#: The table and figure notebooks in the paper's order (figA6 covers Figs. A.6 and A.7).
+PAPER_ORDER = (
+    "table1", "table3", "table4", "table5", "table6", "tableA7", "tableA9", "tableA12",
+    "tableA13", "tableA14", "fig1", "fig2", "fig3", "figA4", "figA5", "figA6",
+)  # fmt: skip
+
+_TOC_HEADER = """\
+# Table of contents (Jupyter Book 1). Every "file" below must exist; tests/test_book.py checks that
+# each entry exists and that every notebook in book/ is listed. Regenerate after adding a notebook:
+#   python -c "from paper_code.book import write_toc; write_toc()"
+# Notebooks go in paper order: {order} (figA6 covers Figs. A.6 and A.7).
+"""
+
+
+def write_toc(book_root: str | os.PathLike[str] = REPO_ROOT) -> list[str]:
+    """Rewrite ``_toc.yml``: the text pages, then every notebook of :data:`PAPER_ORDER` that exists
+    in ``book/`` (as ``book/<name>.md``). Returns the notebook names listed."""
+    book_root = Path(book_root)
+    names = [n for n in PAPER_ORDER if (book_root / "book" / f"{n}.md").exists()]
+    toc = {
+        "format": "jb-book",
+        "root": "book/intro",
+        "parts": [
+            {
+                "caption": "The reproduction",
+                "chapters": [{"file": "book/reproduce"}, {"file": "book/deviations"}],
+            },
+            {"caption": "Tables and figures", "chapters": [{"file": f"book/{n}"} for n in names]},
+        ],
+    }
+    header = _TOC_HEADER.format(order=" ".join(PAPER_ORDER))
+    text = header + yaml.safe_dump(toc, sort_keys=False, default_flow_style=False)
+    (book_root / "_toc.yml").write_text(text)
+    return names

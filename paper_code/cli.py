@@ -136,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="execute every notebook, then build the book from them")
     p.add_argument("--profile", default="sample", help="profile name or YAML path")
     p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"))
-    p.add_argument("--out", default=None, help="output folder (default: _build/reproduce/<profile>)")
+    p.add_argument(
+        "--out", default=None, help="output folder (default: _build/reproduce/<profile>)"
+    )
     p.add_argument("--only", nargs="+", default=None, help="only these notebooks")
     p.add_argument("--no-build", action="store_true", help="execute only; skip jupyter-book build")
     p.set_defaults(func=cmd_reproduce)

@@ -87,7 +87,11 @@ def _ids(dataset) -> list[str]:
 
 
 def batches(
-    model: Classifier, dataset, batch_size: int, device: str | torch.device, skip: set[str] = frozenset()
+    model: Classifier,
+    dataset,
+    batch_size: int,
+    device: str | torch.device,
+    skip: set[str] = frozenset(),
 ):
     """Yield :class:`Batch` chunks of ``dataset`` (images whose id is in ``skip`` are left out)."""
     ids = _ids(dataset)
@@ -188,11 +192,15 @@ def run_rows(
     bar.close()
 
 
-def setup(params: Mapping[str, Any], model_name: str | None = None) -> tuple[Classifier, Any, MapCache, Path]:
+def setup(
+    params: Mapping[str, Any], model_name: str | None = None
+) -> tuple[Classifier, Any, MapCache, Path]:
     """Model, dataset, shared map cache and output folder from notebook parameters."""
     device = params.get("device", "cpu")
     name = model_name or (params.get("models") or ["efficientnet_lite0"])[0]
-    weights = (params.get("weights") or {}).get(name) if isinstance(params.get("weights"), dict) else None
+    weights = (
+        (params.get("weights") or {}).get(name) if isinstance(params.get("weights"), dict) else None
+    )
     model = load_model(name, weights=weights, device=device)
     dataset = open_dataset(params)
     out = Path(params.get("output_dir", "_build/results"))

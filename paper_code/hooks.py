@@ -89,7 +89,9 @@ def channels_last(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]
     restore = [
         p
         for p in list(model.parameters()) + list(model.buffers())
-        if p.dim() == 4 and p.is_contiguous() and not p.is_contiguous(memory_format=torch.channels_last)
+        if p.dim() == 4
+        and p.is_contiguous()
+        and not p.is_contiguous(memory_format=torch.channels_last)
     ]
     model.to(memory_format=torch.channels_last)
     try:

@@ -356,7 +356,7 @@ def insertion_deletion(
     start, finish = torch.cat(starts), torch.cat(finishes)
     total = len(modes) * b * n_eval
     probs = torch.empty(total, dtype=torch.float64, device=images.device)
-    thresholds = (torch.arange(n_eval, device=images.device) * step).view(-1, 1, 1, 1)
+    thresholds = (torch.arange(n_eval, device=images.device, dtype=torch.int32) * step).view(-1, 1, 1, 1)
     buf = torch.empty((min(batch_size, total), 3, h, w), dtype=images.dtype, device=images.device)
     with torch.inference_mode():
         for sl in _chunks(total, batch_size, progress, "insertion/deletion"):
@@ -368,7 +368,9 @@ def insertion_deletion(
                 row, t0 = divmod(e, n_eval)
                 t1 = min(n_eval, t0 + sl.stop - e)
                 done = ranks[row % b] < thresholds[t0:t1]  # [T, 1, H, W]
-                torch.where(done, finish[row], start[row], out=x[e - sl.start : e - sl.start + t1 - t0])
+                torch.where(
+                    done, finish[row], start[row], out=x[e - sl.start : e - sl.start + t1 - t0]
+                )
                 e += t1 - t0
             rows = torch.arange(sl.start, sl.stop, device=images.device) // n_eval
             probs[sl] = _probs_of(model(x), cls[rows % b])

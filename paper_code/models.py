@@ -239,7 +239,11 @@ def _vgg16_bn(weights: str | os.PathLike | None) -> Classifier:
         net.load_state_dict(state)
     # SPEC §1.2: features[42], the ReLU after conv5_3+BN, 512x14x14.
     return Classifier(
-        "vgg16_bn", net, Standardize(IMAGENET_MEAN, IMAGENET_STD), "features.42", imagenet_categories()
+        "vgg16_bn",
+        net,
+        Standardize(IMAGENET_MEAN, IMAGENET_STD),
+        "features.42",
+        imagenet_categories(),
     )
 
 

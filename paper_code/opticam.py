@@ -183,7 +183,9 @@ def optimize(
         progress: show a tqdm bar over iterations.
     """
     if objective_kind not in OBJECTIVES:
-        raise ValueError(f"unknown objective {objective_kind!r}; valid choices: {', '.join(OBJECTIVES)}")
+        raise ValueError(
+            f"unknown objective {objective_kind!r}; valid choices: {', '.join(OBJECTIVES)}"
+        )
     if normalization not in NORMALIZATIONS:
         raise ValueError(
             f"unknown normalization {normalization!r}; valid choices: {', '.join(NORMALIZATIONS)}"
@@ -220,7 +222,9 @@ def optimize(
                 break
             ur = u[rows].clone().requires_grad_(True)
             masks = saliency(ur, feats[rows], size, normalization)
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            with torch.autocast(
+                device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
+            ):
                 f = objective(objective_kind, model, x[rows], masks, target, rows, clean[rows])
             f = f.float()
             loss = -f

@@ -49,7 +49,36 @@ def _build_finished(app: Any, exception: Exception | None) -> None:
         copy_mathjax(Path(app.outdir) / "_static")
 
 
+def _thebe_enabled(app: Any) -> bool:
+    options = getattr(app.config, "html_theme_options", None) or {}
+    return bool((options.get("launch_buttons") or {}).get("thebe"))
+
+
+def _is_thebe(js: Any) -> bool:
+    name = str(getattr(js, "filename", "") or "")
+    body = str((getattr(js, "attributes", None) or {}).get("body", ""))
+    return "thebe" in name or "THEBE_JS_URL" in body
+
+
+def _page_context(app: Any, pagename: str, templatename: str, context: dict, doctree: Any) -> None:
+    """Drop duplicated scripts, and sphinx-thebe's scripts when thebe is off.
+
+    jupyter-book always loads sphinx-thebe; its inline ``const THEBE_JS_URL = ...`` is added twice
+    (a JavaScript error: "Identifier 'THEBE_JS_URL' has already been declared") and names a CDN.
+    """
+    scripts = context.get("script_files")
+    if not scripts:
+        return
+    seen: list[Any] = []
+    for js in scripts:
+        if js in seen or (not _thebe_enabled(app) and _is_thebe(js)):
+            continue
+        seen.append(js)
+    context["script_files"] = seen
+
+
 def setup(app: Any) -> dict[str, Any]:
     mathjax_es5_dir()  # fail early with a clear message
     app.connect("build-finished", _build_finished)
+    app.connect("html-page-context", _page_context, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

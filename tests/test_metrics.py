@@ -76,7 +76,9 @@ def test_classification_closed_form(toy):
         assert r["p"][i].item() == pytest.approx(pp, rel=1e-6)
         assert r["o"][i].item() == pytest.approx(oo, rel=1e-6)
         assert r["AD"][i].item() == pytest.approx(max(pp - oo, 0) / pp * 100, rel=1e-5, abs=1e-9)
-        assert r["AG"][i].item() == pytest.approx(max(oo - pp, 0) / (1 - pp) * 100, rel=1e-5, abs=1e-9)
+        assert r["AG"][i].item() == pytest.approx(
+            max(oo - pp, 0) / (1 - pp) * 100, rel=1e-5, abs=1e-9
+        )
         assert r["AI"][i].item() == (100.0 if pp < oo else 0.0)
     for k in ("AD", "AG", "AI"):
         assert r[k].shape == (4,) and r[k].dtype == torch.float64
@@ -101,21 +103,21 @@ def test_classification_gain_and_drop_extremes():
 
 def test_classification_chunked_and_deterministic(tiny):
     g = torch.Generator().manual_seed(1)
-    x = torch.rand(5, 3, 224, 224, generator=g)
-    s = torch.rand(5, 1, 224, 224, generator=g)
+    x = torch.rand(5, 3, 112, 112, generator=g)
+    s = torch.rand(5, 1, 112, 112, generator=g)
     t = torch.arange(5)
     a = M.classification(tiny, x, s, t, batch_size=2)
     b = M.classification(tiny, x, s, t, batch_size=64)
     c = M.classification(tiny, x, s, t, batch_size=2)
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
+    for k in a:  # chunking changes float32 rounding inside the model only
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
         assert torch.equal(a[k], c[k])
 
 
 def test_fakecam_ad_and_ag_near_zero(tiny):
     g = torch.Generator().manual_seed(2)
-    x = torch.rand(6, 3, 224, 224, generator=g)
-    fake = torch.ones(6, 1, 224, 224)
+    x = torch.rand(6, 3, 112, 112, generator=g)
+    fake = torch.ones(6, 1, 112, 112)
     fake[:, :, 0, 0] = 0
     r = M.classification(tiny, x, fake, torch.arange(6))
     assert r["AD"].max() < 0.5 and r["AG"].max() < 0.5
@@ -126,8 +128,8 @@ def test_ai_and_drop_match_pytorch_grad_cam(tiny):
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
     g = torch.Generator().manual_seed(3)
-    x = torch.rand(8, 3, 224, 224, generator=g)
-    s = torch.rand(8, 1, 224, 224, generator=g) ** 3
+    x = torch.rand(8, 3, 112, 112, generator=g)
+    s = torch.rand(8, 1, 112, 112, generator=g) ** 3
     cls = torch.arange(8) % 10
     r = M.classification(tiny, x, s, cls)
     assert ((r["o"] - r["p"]).abs() > 1e-5).all()  # no float32 borderline cases
@@ -189,9 +191,7 @@ def test_insertion_blur_substrate_matches_scipy(toy):
     for i in range(4):
         xi = x[i].numpy().astype(np.float64)
         # 11x11 sampled Gaussian, sigma 5, mirror (= torch "reflect") padding, separable.
-        blur = np.stack(
-            [ndimage.gaussian_filter(c, 5.0, mode="mirror", truncate=1.0) for c in xi]
-        )
+        blur = np.stack([ndimage.gaussian_filter(c, 5.0, mode="mirror", truncate=1.0) for c in xi])
         yi = expected_curves(xi, s[i, 0].numpy(), blur, xi, 16)
         np.testing.assert_allclose(r["I_curve"][i].numpy(), yi, rtol=1e-5)
 
@@ -274,7 +274,9 @@ def _captum_like_perturb(b: int, n: int, clamp: bool, seed: int = 0):
     def perturb(inputs: torch.Tensor, radius: float) -> torch.Tensor:
         gen = torch.Generator().manual_seed(seed)
         shape = (b,) + tuple(inputs.shape[1:])
-        noise = torch.stack([torch.rand(shape, generator=gen) * (2 * radius) - radius for _ in range(n)])
+        noise = torch.stack(
+            [torch.rand(shape, generator=gen) * (2 * radius) - radius for _ in range(n)]
+        )
         out = inputs + noise.transpose(0, 1).reshape(inputs.shape)  # Captum repeats image-major
         return out.clamp(0, 1) if clamp else out
 
@@ -287,6 +289,7 @@ def test_max_sensitivity_matches_captum():
     g = torch.Generator().manual_seed(5)
     x = torch.rand(3, 3, 8, 8, generator=g)
     cls = torch.tensor([0, 1, 2])
+
     def expl(inp, target):  # Captum passes a tuple on its first call and expects a tuple back
         if isinstance(inp, tuple):
             return (mean_explainer(inp[0], target),)
@@ -394,7 +397,12 @@ def test_localization_ties_multiple_boxes_border_constant():
     # 2: constant map.
     maps[2] = 0.4
     # 3: no box -> excluded.
-    boxes = [[[6, 6, 8, 8]], [[5, 0, 8, 1], [0, 7, 1, 8]], [[0, 0, 4, 8], [4, 0, 8, 4]], torch.zeros(0, 4)]
+    boxes = [
+        [[6, 6, 8, 8]],
+        [[5, 0, 8, 1], [0, 7, 1, 8]],
+        [[0, 0, 4, 8], [4, 0, 8, 4]],
+        torch.zeros(0, 4),
+    ]
     r = M.localization(maps, boxes, pred_correct=torch.tensor([True] * 4))
     assert r["valid"].tolist() == [True, True, True, False]
     assert r["SP"][:3].tolist() == [100, 100, 100]  # ties: any maximum counts; constant: all maxima

@@ -122,3 +122,11 @@ def test_result_table_repairs_truncated_line_and_dedupes(tmp_path) -> None:
     table.append([{"id": "2", "v": 20.0}, {"id": "3", "v": 3.0}])
     df = table.read(dedupe=["id"])
     assert df.set_index("id")["v"].to_dict() == {"1": 1.0, "2": 20.0, "3": 3.0}
+
+
+def test_compute_time_is_recorded(tmp_path) -> None:
+    cache = MapCache(tmp_path)
+    cache.get_or_compute({"method": "t"}, IDS[:4], Counter(), batch_size=2)
+    assert len(cache.last_seconds) == 4 and all(s >= 0 for s in cache.last_seconds)
+    cache.load({"method": "t"}, IDS[:1])
+    assert len(cache.last_seconds) == 1

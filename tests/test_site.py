@@ -1,0 +1,167 @@
+"""Browser test of the built book: build it from smoke-executed notebooks, serve it on 127.0.0.1 and
+check every page in headless Chromium (Debian's ``chromium`` package, driven by Playwright).
+
+Checked on every page: it loads with no JavaScript error, requests nothing outside the site (so math,
+scripts and fonts work offline), has no raw TeX left (``\\(``) and no traceback or error output.
+Table and figure pages must also show a table and at least one image that actually decoded; pages
+with math must have MathJax output (``mjx-container``); every same-site link must answer HTTP 200.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urldefrag, urljoin, urlparse
+
+import pytest
+
+from paper_code.book import reproduce, toc_files, toc_notebooks
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        CHROMIUM is None, reason="Debian chromium not installed (apt-get install -y chromium)"
+    ),
+]
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
+
+
+class _Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The book built from smoke-executed notebooks, served on 127.0.0.1; yields the base URL.
+
+    Set ``PAPER_CODE_SITE`` to an already built ``_build/html`` folder to test it instead."""
+    prebuilt = os.environ.get("PAPER_CODE_SITE")
+    if prebuilt:
+        html = Path(prebuilt)
+    else:
+        out = tmp_path_factory.mktemp("reproduce")
+        status = reproduce("smoke", out=out, progress=False)
+        html = out / "_build" / "html"
+        assert status == 0, "a notebook failed or the build had warnings (see the captured output)"
+    assert (html / "index.html").exists(), f"no site in {html}"
+    handler = functools.partial(_Quiet, directory=str(html))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+PAGES = [f"{entry}.html" for entry in toc_files()]
+NOTEBOOK_PAGES = {f"book/{p.stem}.html" for p in toc_notebooks()}
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+@pytest.mark.parametrize("page_path", PAGES)
+def test_page(site: str, browser: object, page_path: str) -> None:
+    page = browser.new_page()  # type: ignore[attr-defined]
+    external: list[str] = []
+    js_errors: list[str] = []
+    page.on(
+        "request",
+        lambda r: (
+            external.append(r.url)
+            if urlparse(r.url).scheme in ("http", "https") and not r.url.startswith(site)
+            else None
+        ),
+    )
+    page.on("pageerror", lambda e: js_errors.append(str(e)))
+    response = page.goto(urljoin(site, page_path), wait_until="networkidle")
+    assert response is not None and response.status == 200, f"{page_path}: HTTP {response}"
+
+    # Math: MathJax typeset every formula (it runs asynchronously after load).
+    if page.locator(".math").count():
+        page.wait_for_selector("mjx-container", timeout=20_000)
+        page.wait_for_function(
+            "() => !window.MathJax || !MathJax.startup || MathJax.startup.promise", timeout=20_000
+        )
+        page.evaluate("() => window.MathJax && MathJax.startup.promise")
+        assert page.locator("mjx-container").count() > 0, f"{page_path}: math not rendered"
+    text = page.inner_text("main") if page.locator("main").count() else page.inner_text("body")
+    assert "\\(" not in text and "\\[" not in text, f"{page_path}: raw TeX left in the page"
+    if page_path == "book/intro.html":
+        assert page.locator("mjx-container").count() >= 4, "intro: the equations did not render"
+
+    # No traceback or error output.
+    assert "Traceback (most recent call last)" not in text, f"{page_path}: traceback shown"
+    assert page.locator(".output.traceback, .output.error").count() == 0, f"{page_path}: error cell"
+    for stderr in page.locator(".output.stderr").all_inner_texts():
+        assert "Traceback" not in stderr and "Error" not in stderr, f"{page_path}: {stderr[:300]}"
+
+    # Table and figure pages: a table and a decoded image.
+    if page_path in NOTEBOOK_PAGES:
+        assert page.locator("main table").count() > 0, f"{page_path}: no table"
+        sizes = page.eval_on_selector_all(
+            "main img", "els => els.map(e => [e.complete, e.naturalWidth, e.naturalHeight])"
+        )
+        assert any(ok and w > 0 and h > 0 for ok, w, h in sizes), f"{page_path}: no image {sizes}"
+    elif page_path == "book/intro.html":
+        widths = page.eval_on_selector_all("main img", "els => els.map(e => e.naturalWidth)")
+        assert widths and all(w > 0 for w in widths), "intro: schematic did not load"
+
+    # Every same-site link resolves.
+    hrefs = page.eval_on_selector_all("a[href]", "els => els.map(e => e.href)")
+    internal = {urldefrag(h)[0] for h in hrefs if h.startswith(site)}
+    broken = [h for h in sorted(internal) if _status(h) != 200]
+    assert not broken, f"{page_path}: broken links {broken}"
+
+    assert not js_errors, f"{page_path}: JavaScript errors {js_errors}"
+    assert not external, f"{page_path}: requests outside the site {external}"
+    page.close()
+
+
+def test_index_redirects_to_intro(site: str, browser: object) -> None:
+    page = browser.new_page()  # type: ignore[attr-defined]
+    page.goto(site, wait_until="networkidle")
+    assert page.url.endswith("book/intro.html")
+    page.close()
+
+
+def test_mathjax_served_locally(site: str) -> None:
+    assert _status(urljoin(site, "_static/mathjax/tex-chtml.js")) == 200
+    assert Path(urlparse(site).path)  # keep the fixture alive
