@@ -8,7 +8,11 @@ image in place between steps. It is slow, so by default it runs on ``--naive-ima
 is extrapolated linearly to all images (its cost is exactly proportional to the number of images).
 Both implementations are checked to give the same scores on the images the naive loop ran on.
 
-    python benchmarks/bench_metrics.py [--images 8] [--naive-images 1] [--batch-size 64]
+    python benchmarks/bench_metrics.py [--images 8] [--naive-images 1] [--naive-evals 225]
+                                       [--batch-size 8]
+
+On a 2-core CPU, channels_last and small chunks (4-8 images) are fastest for EfficientNet-Lite0; large
+chunks fall out of cache. The speed-up is reported against a naive loop in both memory formats.
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ def main() -> None:
     ap.add_argument(
         "--naive-evals", type=int, default=225, help="evaluations per naive curve (extrapolated)"
     )
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=8)  # best on a 2-core CPU
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -84,9 +88,11 @@ def main() -> None:
             for bs in (1, args.batch_size):
                 x = images[:1].expand(bs, -1, -1, -1).contiguous()
                 m(x)
-                t0 = time.perf_counter()
-                m(x)
-                dt = time.perf_counter() - t0
+                dt = float("inf")
+                for _ in range(3):  # min of 3: the machine may be shared
+                    t0 = time.perf_counter()
+                    m(x)
+                    dt = min(dt, time.perf_counter() - t0)
                 print(f"  forward {name:14s} batch {bs:3d}: {dt / bs * 1e3:8.1f} ms/image")
 
     t0 = time.perf_counter()

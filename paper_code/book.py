@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ast
 import copy
-import inspect
 import math
 import os
 import platform
@@ -25,7 +24,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata, resources
 from pathlib import Path
@@ -41,11 +40,10 @@ __all__ = [
     "NotebookError",
     "build_site",
     "compare_with_paper",
-    "evaluate",
-    "load_data",
     "load_profile",
     "notebook_parameters",
     "paper_table",
+    "prepare_build_tree",
     "profile_parameters",
     "provenance",
     "reproduce",
@@ -348,6 +346,7 @@ def reproduce(
     book_root: str | os.PathLike[str] = REPO_ROOT,
     progress: bool = True,
     warnings_as_errors: bool = True,
+    execute: bool = True,
 ) -> int:
     """Execute every notebook of the table of contents, then build the site from the executed
     copies. Returns 0 when everything ran, 1 when a notebook failed (the site is still built with
@@ -370,6 +369,7 @@ def reproduce(
         parameters: overrides for every notebook (e.g. ``{"root": "/data/imagenet",
             "device": "cuda"}``).
         book_root: folder with ``_config.yml``, ``_toc.yml`` and ``book/``.
+        execute: ``False`` only rebuilds the site from the notebooks executed earlier.
     """
     book_root = Path(book_root)
     prof = dict(profile) if isinstance(profile, Mapping) else load_profile(profile)
@@ -386,7 +386,7 @@ def reproduce(
     unknown = set(only or ()) - {n for n, _ in notebooks}
     if unknown:
         raise ValueError(f"not in the table of contents: {sorted(unknown)}")
-    todo = [(n, s) for n, s in notebooks if not only or n in only]
+    todo = [(n, s) for n, s in notebooks if (not only or n in only) and execute]
     runs: list[NotebookRun] = []
     print(f"profile {prof.get('name')}: {len(todo)} notebook(s) -> {out_dir}", flush=True)
     try:
@@ -561,124 +561,6 @@ def format_provenance(info: Mapping[str, Any]) -> str:
     return "; ".join(f"{k}: {v}" for k, v in info.items())
 
 
-def _batches(indices: Sequence[int], size: int) -> Iterable[list[int]]:
-    for s in range(0, len(indices), size):
-        yield list(indices[s : s + size])
-
-
-def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    try:
-        from .data import collate
-    except ImportError:  # pragma: no cover - data module not installed
-        collate = None
-    if collate is not None:
-        return collate(items)
-    import torch
-
-    return {
-        "image": torch.stack([it["image"] for it in items]),
-        "label": torch.tensor([int(it["label"]) for it in items]),
-        "boxes": [it.get("boxes") for it in items],
-        "id": [str(it["id"]) for it in items],
-    }
-
-
-def evaluate(
-    model: Any,
-    dataset: Any,
-    method: str,
-    *,
-    metric_fn: Callable[..., Mapping[str, Any]],
-    cache: Any,
-    table: Any,
-    batch_size: int = 8,
-    device: str = "cpu",
-    options: Mapping[str, Any] | None = None,
-    layer: str | None = None,
-    targets_fn: Callable[[Any, Any, Any], Any] | None = None,
-    key: Mapping[str, Any] | None = None,
-    row: Mapping[str, Any] | None = None,
-    progress: bool = True,
-) -> pd.DataFrame:
-    """Per-image metrics of ``method`` on ``dataset``, resumable.
-
-    For each batch of images not yet in ``table`` (rows matching ``row``): maps from ``cache``
-    (computed with :func:`paper_code.explain` when missing), then ``metric_fn(model, images,
-    maps, targets)`` (plus ``batch=`` if it accepts it) -> ``{metric: Tensor[B]}``, appended to
-    ``table`` with ``row``, ``config`` (hash of the cache key: method, model, layer, options,
-    ``key``), ``id``, ``label``, ``target`` and ``seconds`` (compute time of the map per image).
-
-    Args:
-        targets_fn: ``targets_fn(model, images, labels) -> [B]`` class to explain (default: labels).
-        key: extra cache-key entries (e.g. ``{"dataset": "imagenet", "normalize": True}``); the
-            key always holds method, model name, layer and options.
-        row: extra columns identifying this run in ``table`` (default: model and method).
-
-    Returns:
-        The rows of ``table`` for this configuration and the images of ``dataset``.
-    """
-    import torch
-
-    from .explain import explain
-    from .results import key_hash
-
-    options = dict(options or {})
-    cache_key = {
-        "method": method,
-        "model": model.name,
-        "layer": layer or getattr(model, "target_layer_name", None),
-        "options": options,
-        **(key or {}),
-    }
-    row = {"model": model.name, "method": method, **(row or {}), "config": key_hash(cache_key)}
-    done = table.done_ids(**row)
-    ids = getattr(dataset, "ids", None)
-    if ids is None:
-        ids = [str(dataset[i]["id"]) for i in range(len(dataset))]
-    ids = [str(x) for x in ids]
-    indices = [i for i in range(len(dataset)) if ids[i] not in done]
-    pass_batch = "batch" in inspect.signature(metric_fn).parameters
-    batches = list(_batches(indices, batch_size))
-    bar = None
-    if progress and batches:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(indices), desc=f"{model.name}/{method}", leave=False)
-    for chunk in batches:
-        batch = _collate([dataset[i] for i in chunk])
-        images = batch["image"].to(device)
-        labels = batch["label"].to(device)
-        targets = targets_fn(model, images, labels) if targets_fn else labels
-        ids_b = [str(x) for x in batch["id"]]
-
-        def compute(pos: list[int], images=images, targets=targets) -> torch.Tensor:
-            return explain(method, model, images[pos], targets[pos], layer=layer, **options).cpu()
-
-        maps = cache.get_or_compute(cache_key, ids_b, compute).to(device)
-        seconds = getattr(cache, "last_seconds", None) or [math.nan] * len(ids_b)
-        kwargs = {"batch": batch} if pass_batch else {}
-        values = metric_fn(model, images, maps, targets, **kwargs)
-        rows = []
-        for j, image_id in enumerate(ids_b):
-            r = {**row, "id": image_id, "label": int(labels[j]), "target": int(targets[j])}
-            r["seconds"] = seconds[j]
-            for metric, v in values.items():
-                r[metric] = float(v[j])
-            rows.append(r)
-        table.append(rows)
-        if bar is not None:
-            bar.update(len(ids_b))
-    if bar is not None:
-        bar.close()
-    df = table.read(dedupe=[*row, "id"], dtype={k: str for k in row})
-    if df.empty:
-        return df
-    mask = df["id"].astype(str).isin(set(ids))
-    for k, v in row.items():
-        mask &= df[k].astype(str) == str(v)
-    return df[mask].reset_index(drop=True)
-
-
 def compare_with_paper(
     ours: pd.DataFrame,
     table: str,
@@ -710,29 +592,6 @@ def compare_with_paper(
     out = pd.DataFrame(cols, index=mine.index)
     out.columns = pd.MultiIndex.from_tuples(out.columns, names=["metric", ""])
     return out
-
-
-def load_data(
-    dataset: str = "sample",
-    root: str | None = None,
-    n_images: int | None = None,
-    seed: int = 0,
-) -> Any:
-    """:func:`paper_code.load_dataset` with the notebooks' parameters: ``n_images`` images (a seeded
-    subset for ImageNet and folders; the first ``n_images`` of the bundled sample), all if ``None``."""
-    from . import load_dataset
-
-    if dataset == "sample":
-        ds = load_dataset("sample")
-        if n_images is not None and n_images < len(ds):
-            ds = load_dataset("sample", ids=ds.ids[:n_images])
-        return ds
-    if root is None or str(root).startswith("/path/to") or not Path(str(root)).exists():
-        raise FileNotFoundError(
-            f"dataset {dataset!r} needs root=<folder>; got {root!r}. "
-            "Pass -p root /path/to/ILSVRC2012 (see the 'Reproducing the results' page)."
-        )
-    return load_dataset(dataset, root=root, subset=n_images, seed=seed)
 
 
 #: The table and figure notebooks in the paper's order (figA6 covers Figs. A.6 and A.7).

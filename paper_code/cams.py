@@ -152,7 +152,7 @@ def _cam(name: str) -> Callable[[Callable[..., torch.Tensor]], Callable[..., tor
 def _progress(it: Iterable, enabled: bool, desc: str, total: int) -> Iterable:
     if not enabled:
         return it
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     return tqdm(it, desc=desc, total=total)
 

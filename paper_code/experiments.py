@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .data import collate, load_dataset
 from .explain import explain
@@ -56,17 +56,22 @@ class Batch:
 def open_dataset(params: Mapping[str, Any]):
     """The dataset named by notebook parameters ``dataset``, ``root``, ``n_images`` and ``seed``."""
     name = params.get("dataset", "sample")
-    kw: dict[str, Any] = {}
-    if params.get("root"):
-        kw["root"] = params["root"]
+    root = params.get("root")
     n = params.get("n_images")
-    if name in ("imagenet", "folder") and n:
-        kw["subset"] = int(n)
-        kw["seed"] = int(params.get("seed", 0))
-    ds = load_dataset(name, **kw)
-    if n and len(ds) > int(n):
-        ds = torch.utils.data.Subset(ds, list(range(int(n))))
-    return ds
+    if name == "sample":
+        ds = load_dataset("sample")
+        if n and int(n) < len(ds):  # the first n photos, in the order of sample_images.json
+            ds = load_dataset("sample", ids=ds.ids[: int(n)])
+        return ds
+    if not root or str(root).startswith("/path/to") or not Path(str(root)).exists():
+        raise FileNotFoundError(
+            f"dataset {name!r} needs root=<folder>, got {root!r}; pass -p root /path/to/ILSVRC2012/val "
+            "(see the 'Reproducing the results' page)"
+        )
+    kw: dict[str, Any] = {"root": root}
+    if n:  # a seeded subset (the paper does not say how its 1000 images were drawn)
+        kw.update(subset=int(n), seed=int(params.get("seed", 0)))
+    return load_dataset(name, **kw)
 
 
 def dataset_ids(dataset) -> list[str]:

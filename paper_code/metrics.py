@@ -321,7 +321,9 @@ def insertion_deletion(
     .. math:: \mathrm{AUC} = \frac{1}{n}\Big(\sum_{t=0}^{n} y_t - \tfrac{y_0}{2} - \tfrac{y_n}{2}\Big)\cdot 100.
 
     All :math:`B\cdot(n+1)` perturbed images are built on the fly, ``batch_size`` at a time, from the rank
-    maps (one comparison per chunk; no loop over steps or images).
+    maps (one comparison per chunk; no loop over steps or images). Speed: on a GPU use large chunks; on
+    a 2-core CPU, EfficientNet-Lite0 in ``channels_last`` with ``batch_size`` 4–8 was fastest (large
+    chunks fall out of cache; see ``benchmarks/bench_metrics.py``).
 
     Args:
         substrate: insertion start image ``[B, 3, H, W]`` or a callable ``images -> substrate``.
