@@ -358,7 +358,9 @@ def insertion_deletion(
     start, finish = torch.cat(starts), torch.cat(finishes)
     total = len(modes) * b * n_eval
     probs = torch.empty(total, dtype=torch.float64, device=images.device)
-    thresholds = (torch.arange(n_eval, device=images.device, dtype=torch.int32) * step).view(-1, 1, 1, 1)
+    thresholds = (torch.arange(n_eval, device=images.device, dtype=torch.int32) * step).view(
+        -1, 1, 1, 1
+    )
     buf = torch.empty((min(batch_size, total), 3, h, w), dtype=images.dtype, device=images.device)
     with torch.inference_mode():
         for sl in _chunks(total, batch_size, progress, "insertion/deletion"):
