@@ -154,7 +154,7 @@ def _chunks(n: int, size: int, progress: bool, desc: str) -> Iterator[slice]:
         raise ValueError(f"batch_size must be >= 1, got {size}")
     starts = range(0, n, size)
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         starts = tqdm(starts, desc=desc, total=math.ceil(n / size))
     for s in starts:
@@ -512,21 +512,23 @@ def max_sensitivity(
     """
     _check(images)
     cls = _as_classes(classes, images.shape[0], images.device)
+    # The explainer runs with autograd enabled: gradient methods and Opti-CAM need it.
+    s0 = _explain_chunks(explainer, images, cls, batch_size) if maps is None else maps
     with torch.no_grad():
-        s0 = _explain_chunks(explainer, images, cls, batch_size) if maps is None else maps
-        s0 = s0.to(images.device).flatten(1).double()
+        s0 = s0.detach().to(images.device).flatten(1).double()
         denom = s0.norm(dim=1)
         denom = torch.where(denom == 0, torch.ones_like(denom), denom)
         gen = torch.Generator().manual_seed(seed)
         best = torch.zeros_like(denom)
         it = range(samples)
         if progress:
-            from tqdm.auto import tqdm
+            from tqdm import tqdm
 
             it = tqdm(it, desc="Max-Sensitivity")
         for _ in it:
             xs = uniform_perturbation(images, radius, gen, clamp)
-            s1 = _explain_chunks(explainer, xs, cls, batch_size).flatten(1).double()
+            with torch.enable_grad():
+                s1 = _explain_chunks(explainer, xs, cls, batch_size).detach().flatten(1).double()
             best = torch.maximum(best, (s0 - s1).norm(dim=1) / denom)
     return best
 
@@ -575,8 +577,8 @@ def adcc(
     maps = _check(images, maps)
     cls = _classes(model, images, classes, batch_size)
     masked = images * maps
-    with torch.no_grad():
-        s2 = _explain_chunks(explainer, masked, cls, batch_size).to(images.device)
+    # The explainer runs with autograd enabled: gradient methods and Opti-CAM need it.
+    s2 = _explain_chunks(explainer, masked, cls, batch_size).detach().to(images.device)
     s1f, s2f = maps.flatten(1).double(), s2.flatten(1).double()
     coherency = (_pearson(s1f, s2f) + 1) / 2
     complexity = s1f.abs().mean(1)

@@ -488,3 +488,21 @@ def test_shape_errors(toy):
         M.classification(SumModel(), x, s[:, :, :4], 0)
     with pytest.raises(ValueError):
         M.classification(SumModel(), x, s, [0, 1])
+
+
+def test_max_sensitivity_and_adcc_run_gradient_explainers():
+    """Explainers that need autograd (Grad-CAM, Opti-CAM) must work inside the metrics."""
+    import paper_code as pc
+
+    model = pc.load_model("tiny")
+    x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    cls = torch.tensor([1, 2])
+
+    def explainer(images, classes):
+        return pc.explain("opticam", model, images, classes, iterations=2)
+
+    ms = M.max_sensitivity(explainer, x, cls, samples=2)
+    maps = explainer(x, cls)
+    res = M.adcc(model, explainer, x, maps, cls)
+    assert torch.isfinite(ms).all() and (ms > 0).all()
+    assert torch.isfinite(res["ADCC"]).all()
