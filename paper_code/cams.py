@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .explain import register
-from .hooks import capture, frozen
+from .hooks import capture, channels_last, frozen
 from .maps import EPS, normalize_range, upsample, weighted_sum
 from .targets import Target
 
@@ -307,20 +307,27 @@ def scorecam_weights(
     batch_size = _check_batch_size(batch_size)
     b, k = acts.shape[:2]
     size = tuple(images.shape[-2:])
-    scores = torch.empty(b * k, dtype=acts.dtype, device=acts.device)
     flat = acts.reshape(b * k, 1, *acts.shape[-2:])
-    chunks = _chunks(b * k, batch_size)
-    with torch.no_grad():
+    # A constant channel normalizes to the all-zero mask (eps guard), so its masked image is the
+    # black image, whatever the image: score it once instead of once per channel (exact; on
+    # EfficientNet-Lite0's head 30-65% of the channels are constant, mostly zero).
+    lo_hi = flat.flatten(1)
+    varying = (lo_hi.amax(1) > lo_hi.amin(1)).nonzero()[:, 0]
+    with torch.no_grad(), channels_last(model):
+        black = model(torch.zeros_like(images[:1]).contiguous(memory_format=torch.channels_last))
+        all_idx = torch.arange(b * k, device=acts.device) // k
+        scores = target(black.expand(b * k, -1), all_idx).to(acts.dtype)
+        chunks = _chunks(varying.numel(), batch_size)
         for lo, hi in _progress(chunks, progress, "Score-CAM", len(chunks)):
-            pairs = torch.arange(lo, hi, device=acts.device)
+            pairs = varying[lo:hi]
             img_idx = pairs // k
             if align_corners:
-                up = F.interpolate(flat[lo:hi], size=size, mode="bilinear", align_corners=True)
+                up = F.interpolate(flat[pairs], size=size, mode="bilinear", align_corners=True)
             else:
-                up = upsample(flat[lo:hi], size)
+                up = upsample(flat[pairs], size)
             masks = normalize_range(up)  # per channel, eps-guarded: a constant channel gives 0
-            logits = model(images[img_idx] * masks)
-            scores[lo:hi] = target(logits, img_idx)
+            masked = (images[img_idx] * masks).contiguous(memory_format=torch.channels_last)
+            scores[pairs] = target(model(masked), img_idx).to(acts.dtype)
     return scores.view(b, k).softmax(dim=1)
 
 

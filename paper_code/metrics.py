@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 
+from .hooks import channels_last
 from .localization import (
     box_accuracy,
     box_crop_probs,
@@ -161,6 +162,12 @@ def _chunks(n: int, size: int, progress: bool, desc: str) -> Iterator[slice]:
         yield slice(s, min(s + size, n))
 
 
+def _cl(x: torch.Tensor) -> torch.Tensor:
+    """Channels-last input: with the model's weights in channels-last (:func:`hooks.channels_last`)
+    convolutions run markedly faster on CPU (oneDNN) and GPU; the math is unchanged."""
+    return x.contiguous(memory_format=torch.channels_last)
+
+
 def _probs_of(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     return logits.double().softmax(1).gather(1, classes[:, None].long())[:, 0]
 
@@ -176,9 +183,9 @@ def class_probs(
     """Softmax probability (float64) of ``classes`` (default: the argmax) -> ``(probs [B], classes [B])``."""
     cls = None if classes is None else _as_classes(classes, images.shape[0], images.device)
     out_p, out_c = [], []
-    with torch.inference_mode():
+    with channels_last(model), torch.inference_mode():
         for sl in _chunks(images.shape[0], batch_size, progress, "probs"):
-            logits = model(images[sl])
+            logits = model(_cl(images[sl]))
             c = logits.argmax(1) if cls is None else cls[sl]
             out_c.append(c)
             out_p.append(_probs_of(logits, c))
@@ -242,11 +249,11 @@ def classification(
     maps = _check(images, maps)
     cls = _classes(model, images, targets, batch_size)
     ps, os_ = [], []
-    with torch.inference_mode():
+    with channels_last(model), torch.inference_mode():
         for sl in _chunks(images.shape[0], batch_size, progress, "AD/AG/AI"):
             x = images[sl]
-            ps.append(_probs_of(model(x), cls[sl]))
-            os_.append(_probs_of(model(x * maps[sl]), cls[sl]))
+            ps.append(_probs_of(model(_cl(x)), cls[sl]))
+            os_.append(_probs_of(model(_cl(x * maps[sl])), cls[sl]))
     p, o = torch.cat(ps), torch.cat(os_)
     zero = torch.zeros_like(p)
     drop, gain = (p - o).clamp(min=0), (o - p).clamp(min=0)
@@ -362,7 +369,7 @@ def insertion_deletion(
         -1, 1, 1, 1
     )
     buf = torch.empty((min(batch_size, total), 3, h, w), dtype=images.dtype, device=images.device)
-    with torch.inference_mode():
+    with channels_last(model), torch.inference_mode():
         for sl in _chunks(total, batch_size, progress, "insertion/deletion"):
             # Evaluation e <-> (row = mode * B + image, step t); a chunk spans few rows, so we loop over
             # rows (not steps) and let broadcasting build all of a row's steps in the chunk at once.
@@ -377,7 +384,7 @@ def insertion_deletion(
                 )
                 e += t1 - t0
             rows = torch.arange(sl.start, sl.stop, device=images.device) // n_eval
-            probs[sl] = _probs_of(model(x), cls[rows % b])
+            probs[sl] = _probs_of(model(_cl(x)), cls[rows % b])
     curves = probs.view(len(modes), b, n_eval)
     out: dict[str, torch.Tensor] = {"classes": cls}
     for i, m in enumerate(modes):
@@ -448,12 +455,12 @@ def aopc(
     n_eval = regions + 1
     total = b * n_eval
     probs = torch.empty(total, dtype=torch.float64, device=images.device)
-    with torch.inference_mode():
+    with channels_last(model), torch.inference_mode():
         for sl in _chunks(total, batch_size, progress, "AOPC"):
             e = torch.arange(sl.start, sl.stop, device=images.device)
             img, k = e // n_eval, e % n_eval
             x = torch.where(pranks[img] < k.view(-1, 1, 1, 1), base[img], images[img])
-            probs[sl] = _probs_of(model(x), cls[img])
+            probs[sl] = _probs_of(model(_cl(x)), cls[img])
     curve = probs.view(b, n_eval)
     out = {"AOPC": (curve[:, :1] - curve).mean(1) * 100, "classes": cls}
     if return_curves:
