@@ -1,9 +1,9 @@
 r"""The CAM baselines of the paper (Section 5.2): Fake-CAM, Grad-CAM, Grad-CAM++, XGrad-CAM, Layer-CAM,
 HiRes-CAM, Score-CAM and Ablation-CAM, batched and in pure torch.
 
-Every method is registered in :data:`paper_code.explain.METHODS` as
+Every method is registered in :data:`paper_code.api.METHODS` as
 ``fn(model, images, target, layer, **options) -> Tensor[B, 1, H, W]`` and is normally called through
-:func:`paper_code.explain.explain`.
+:func:`paper_code.api.explain`.
 
 Common pipeline (all CAMs except Fake-CAM):
 
@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .explain import register
+from .api import register
 from .hooks import capture, channels_last, frozen
 from .maps import EPS, normalize_range, upsample, weighted_sum
 from .targets import Target

@@ -92,7 +92,6 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from . import MODELS, PAPER_NAMES
     from .book import list_profiles, toc_notebooks
 
     print("methods:   ", " ".join(PAPER_NAMES))
@@ -104,8 +103,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .explain import PAPER_NAMES
-    from .models import MODELS
+    from .names import MODELS, PAPER_NAMES
 
     parser = argparse.ArgumentParser(
         prog="python -m paper_code",
@@ -149,12 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .data import ImageLoadError
-    from .models import WeightsUnavailableError
-
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ImageLoadError, WeightsUnavailableError, FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        # ImageLoadError and WeightsUnavailableError are RuntimeErrors with a full message.
         print(f"error: {e}", file=sys.stderr)
         return 2

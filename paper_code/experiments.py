@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from .api import explain
 from .data import collate, load_dataset
-from .explain import explain
 from .models import Classifier, load_model
 from .results import MapCache, ResultTable
 

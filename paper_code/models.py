@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torchvision import transforms
 
-MODELS = ("efficientnet_lite0", "resnet50", "vgg16_bn", "tiny")
+from .names import MODELS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .explain import register
+from .api import register
 from .hooks import capture, channels_last, frozen
 from .maps import NORMALIZATIONS, normalize, upsample, weighted_sum
 from .targets import Target

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from paper_code import cams
-from paper_code.explain import METHODS, explain
+from paper_code.api import METHODS, explain
 from paper_code.maps import normalize_range, upsample
 from paper_code.models import load_model
 from paper_code.targets import ClassLogit

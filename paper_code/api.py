@@ -16,19 +16,6 @@ from .targets import Target, resolve_targets
 #: Registered methods: name -> function(model, images, target, layer, **options) -> maps [B,1,H,W].
 METHODS: dict[str, Callable[..., torch.Tensor]] = {}
 
-#: Display names used in the paper's tables.
-PAPER_NAMES = {
-    "fakecam": "Fake-CAM",
-    "gradcam": "Grad-CAM",
-    "gradcampp": "Grad-CAM++",
-    "scorecam": "Score-CAM",
-    "ablationcam": "Ablation-CAM",
-    "xgradcam": "XGrad-CAM",
-    "layercam": "Layer-CAM",
-    "hirescam": "HiRes-CAM",
-    "opticam": "Opti-CAM",
-}
-
 
 def register(name: str) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
     def deco(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
