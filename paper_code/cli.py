@@ -93,6 +93,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from .book import list_profiles, toc_notebooks
+    from .names import MODELS, PAPER_NAMES
 
     print("methods:   ", " ".join(PAPER_NAMES))
     print("models:    ", " ".join(MODELS))
