@@ -1,0 +1,56 @@
+"""The notebooks' resumable loop: an interrupted run resumes without recomputing finished images."""
+
+from __future__ import annotations
+
+import pytest
+
+import paper_code as pc
+from paper_code import experiments
+from paper_code.results import MapCache, ResultTable
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_run_rows_resumes_after_an_interruption(tmp_path):
+    model = pc.load_model("tiny")
+    data = pc.load_dataset("sample", ids=["chelsea", "coffee", "rocket", "camera", "china"])
+    table = ResultTable(tmp_path / "rows.csv")
+    cache = MapCache(tmp_path / "cache")
+    seen: list[str] = []
+
+    def rows(batch, fail_after=None):
+        if fail_after is not None and len(seen) >= fail_after:
+            raise Interrupted
+        maps, _ = experiments.cached_maps(cache, model, "gradcam", batch, "most_probable")
+        seen.extend(batch.ids)
+        return [{"id": i, "mass": float(maps[j].mean())} for j, i in enumerate(batch.ids)]
+
+    tag = {"model": "tiny", "method": "gradcam"}
+    with pytest.raises(Interrupted):  # killed after the first batch of 2
+        experiments.run_rows(table, model, data, lambda b: rows(b, 2), tag, batch_size=2,
+                             progress=False)  # fmt: skip
+    assert seen == ["chelsea", "coffee"]
+    assert set(table.read()["id"]) == {"chelsea", "coffee"}
+    experiments.run_rows(table, model, data, rows, tag, batch_size=2, progress=False)
+    assert seen == ["chelsea", "coffee", "rocket", "camera", "china"]  # nothing recomputed
+    df = table.read()
+    assert sorted(df["id"]) == sorted(experiments.dataset_ids(data)) and len(df) == 5
+    # A rerun with everything done does no work; another tag is a separate set of rows.
+    experiments.run_rows(table, model, data, rows, tag, batch_size=2, progress=False)
+    assert len(seen) == 5
+    assert len(cache.missing(experiments.map_key(model, "gradcam", "most_probable", {}),
+                             experiments.dataset_ids(data))) == 0  # fmt: skip
+
+
+def test_target_rules_and_unknown_rule():
+    import torch
+
+    logits = torch.tensor([[0.1, 3.0, 2.0, -1.0]])
+    batch = experiments.Batch(torch.zeros(1, 3, 4, 4), torch.tensor([2]), [], ["a"], logits)
+    got = {r: int(experiments.target_classes(batch, r)[0]) for r in experiments.TARGET_RULES}
+    assert got == {"ground_truth": 2, "most_probable": 1, "second_most_probable": 2,
+                   "least_probable": 3}  # fmt: skip
+    with pytest.raises(ValueError, match="valid"):
+        experiments.target_classes(batch, "random")
