@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from .names import PAPER_NAMES  # noqa: F401  (re-exported)
 from .targets import Target, resolve_targets
 
 #: Registered methods: name -> function(model, images, target, layer, **options) -> maps [B,1,H,W].
