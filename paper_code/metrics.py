@@ -150,7 +150,15 @@ def _classes(model: nn.Module, images: torch.Tensor, classes, batch_size: int) -
     return _as_classes(classes, images.shape[0], images.device)
 
 
-def _chunks(n: int, size: int, progress: bool, desc: str) -> Iterator[slice]:
+def default_batch_size() -> int:
+    """Images per forward pass when ``batch_size=None``: 64 with a GPU; 4 on a CPU, where
+    EfficientNet-Lite0 runs fastest per image in small batches (measured on 2 cores: 9.7 ms per
+    image at batch 4, 13 ms at batch 8 and 1, 15 ms at batch 16)."""
+    return 64 if torch.cuda.is_available() else 4
+
+
+def _chunks(n: int, size: int | None, progress: bool, desc: str) -> Iterator[slice]:
+    size = default_batch_size() if size is None else size
     if size < 1:
         raise ValueError(f"batch_size must be >= 1, got {size}")
     starts = range(0, n, size)
@@ -177,7 +185,7 @@ def class_probs(
     images: torch.Tensor,
     classes: torch.Tensor | Sequence[int] | None = None,
     *,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax probability (float64) of ``classes`` (default: the argmax) -> ``(probs [B], classes [B])``."""
@@ -220,7 +228,7 @@ def classification(
     maps: torch.Tensor,
     targets: torch.Tensor | Sequence[int] | int,
     *,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     progress: bool = False,
 ) -> dict[str, torch.Tensor]:
     r"""Average Drop, Average Increase and Average Gain, eqs. (13)–(15), per image, in %.
@@ -306,7 +314,7 @@ def insertion_deletion(
     sigma: float = 5.0,
     substrate: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None = None,
     modes: Sequence[str] = ("I", "D"),
-    batch_size: int = 64,
+    batch_size: int | None = None,
     return_curves: bool = False,
     progress: bool = False,
 ) -> dict[str, torch.Tensor]:
@@ -368,6 +376,7 @@ def insertion_deletion(
     thresholds = (torch.arange(n_eval, device=images.device, dtype=torch.int32) * step).view(
         -1, 1, 1, 1
     )
+    batch_size = default_batch_size() if batch_size is None else batch_size
     buf = torch.empty((min(batch_size, total), 3, h, w), dtype=images.dtype, device=images.device)
     with channels_last(model), torch.inference_mode():
         for sl in _chunks(total, batch_size, progress, "insertion/deletion"):
@@ -407,7 +416,7 @@ def aopc(
     regions: int = 10,
     baseline: str | float = "black",
     seed: int = 0,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     return_curves: bool = False,
     progress: bool = False,
 ) -> dict[str, torch.Tensor]:
@@ -498,7 +507,7 @@ def max_sensitivity(
     seed: int = 0,
     clamp: bool = True,
     maps: torch.Tensor | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
     r"""Max-Sensitivity (Yeh et al. 2019; Section 5.3.3), per image (a ratio, not %; lower is better).
@@ -557,7 +566,7 @@ def adcc(
     maps: torch.Tensor,
     classes: torch.Tensor | Sequence[int] | None = None,
     *,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     progress: bool = False,
 ) -> dict[str, torch.Tensor]:
     r"""ADCC of Poppi et al. (2021), Section 5.3.3, per image, in % (**higher** is better).
