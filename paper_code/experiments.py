@@ -11,7 +11,6 @@ A notebook describes *what* to compute; :func:`run_rows` does the bookkeeping:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,7 +211,3 @@ def setup(
     out.mkdir(parents=True, exist_ok=True)
     cache = MapCache(params.get("cache_dir") or out / "cache")
     return model, dataset, cache, out
-
-
-def seconds_since(t0: float) -> float:
-    return time.perf_counter() - t0
