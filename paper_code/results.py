@@ -117,6 +117,22 @@ class MapCache:
             _atomic_write_bytes(key_file, payload.encode())
         return folder
 
+    def stored(self, key: Mapping[str, Any], ids: Sequence[str]) -> list[int]:
+        """Positions in ``ids`` whose map is stored (creates nothing, unlike :meth:`missing`)."""
+        name = _SAFE.sub("_", str(key.get("method", "maps")))[:40]
+        folder = self.root / f"{name}-{key_hash(key)}"
+        if not (folder / "key.json").exists():
+            return []
+        return [i for i, x in enumerate(ids) if (folder / f"{_file_stem(x)}.pt").exists()]
+
+    def copy(self, source: Mapping[str, Any], dest: Mapping[str, Any], ids: Sequence[str]) -> None:
+        """Store the maps of ``ids`` under ``source`` also under ``dest`` (same map, same seconds):
+        used when two settings provably give the same map, e.g. two target rules naming one class."""
+        src, dst = self.folder(source), self.folder(dest)
+        for x in ids:
+            item = torch.load(src / f"{_file_stem(x)}.pt", map_location="cpu", weights_only=True)
+            _atomic_torch_save(item, dst / f"{_file_stem(x)}.pt")
+
     def path(self, key: Mapping[str, Any], image_id: str) -> Path:
         return self.folder(key) / f"{_file_stem(image_id)}.pt"
 

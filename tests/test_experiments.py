@@ -54,3 +54,36 @@ def test_target_rules_and_unknown_rule():
                    "least_probable": 3}  # fmt: skip
     with pytest.raises(ValueError, match="valid"):
         experiments.target_classes(batch, "random")
+
+
+def test_maps_are_reused_across_rules_that_name_the_same_class(tmp_path, monkeypatch):
+    """A map depends on (image, class), not on the rule that picked the class: the most-probable
+    maps of correctly classified images are copied from the ground-truth cache, bit for bit."""
+    import torch
+
+    model = pc.load_model("tiny")
+    images = torch.rand(4, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model(images)
+    top = logits.argmax(1)
+    labels = top.clone()
+    labels[[1, 3]] = (top[[1, 3]] + 1) % 10  # images 1 and 3 are "misclassified"
+    batch = experiments.Batch(images, labels, [None] * 4, ["a", "b", "c", "d"], logits)
+    cache = MapCache(tmp_path / "cache")
+    calls: list[list[int]] = []
+    real = experiments.explain
+
+    def counting(method, model, images, classes, **options):
+        calls.append(classes.tolist())
+        return real(method, model, images, classes, **options)
+
+    monkeypatch.setattr(experiments, "explain", counting)
+    gt, _ = experiments.cached_maps(cache, model, "gradcam", batch, "ground_truth")
+    assert calls == [labels.tolist()]
+    pred, _ = experiments.cached_maps(cache, model, "gradcam", batch, "most_probable")
+    assert calls[1] == top[[1, 3]].tolist()  # only the two misclassified images are computed
+    assert torch.equal(pred[[0, 2]], gt[[0, 2]])
+    fresh = MapCache(tmp_path / "fresh")  # the copies equal a direct computation (float16 storage)
+    direct, _ = experiments.cached_maps(fresh, model, "gradcam", batch, "most_probable")
+    torch.testing.assert_close(pred, direct, rtol=0, atol=1e-3)
+    assert cache.stored(experiments.map_key(model, "gradcam", "least_probable", {}), ["a"]) == []

@@ -64,13 +64,80 @@ def test_torchvision_paper_layers(name, layer, shape):
 
 
 def test_weights_from_a_local_state_dict(tmp_path):
-    src = pc.load_model("resnet50", weights="random")
+    src = pc.load_model("resnet50", weights="random", fuse=False)  # a standard checkpoint
     path = tmp_path / "r50.pth"
     torch.save(src.net.state_dict(), path)
-    loaded = pc.load_model("resnet50", weights=path)
+    loaded = pc.load_model("resnet50", weights=path, fuse=False)
+    fused = pc.load_model("resnet50", weights=path)
     x = torch.rand(1, 3, 224, 224)
     with torch.no_grad():
         assert torch.equal(src(x), loaded(x))
+        torch.testing.assert_close(fused(x), src(x), rtol=1e-4, atol=1e-4 * src(x).abs().max())
+
+
+def _random_bn_statistics(model: torch.nn.Module) -> None:
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=gen) * 0.4 - 0.2)
+                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.bias.copy_(torch.rand(n, generator=gen) * 0.4 - 0.2)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet50", "vgg16_bn", "tiny"])
+def test_fused_model_computes_the_same_function(name):
+    """Folding batch norms (and lite0's symmetric padding) changes nothing but float rounding: the
+    logits, the target layer's activations and a hook on a (now identity) batch-norm name agree."""
+    import copy
+
+    weights = None if name in ("efficientnet_lite0", "tiny") else "random"
+    plain = pc.load_model(name, weights=weights, fuse=False)
+    if weights == "random":
+        _random_bn_statistics(plain)  # default BN statistics would make folding trivial
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
+    fused = models.fuse_for_inference(copy.deepcopy(plain))
+    assert n_bn > 0 and fused.fused and not plain.fused
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    bn_name = {"efficientnet_lite0": "backbone._bn1", "resnet50": "layer4.2.bn3",
+               "vgg16_bn": "features.41", "tiny": "features.3"}[name]  # fmt: skip
+    x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    outs = []
+    for m in (plain, fused):
+        seen = {}
+        hooks = [
+            m.target_layer.register_forward_hook(lambda mod, i, o: seen.__setitem__("t", o)),
+            m.get_layer(bn_name).register_forward_hook(lambda mod, i, o: seen.__setitem__("b", o)),
+        ]
+        with torch.no_grad():
+            outs.append((m(x), seen["t"], seen["b"]))
+        for h in hooks:
+            h.remove()
+    for a, b in zip(*outs):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5 * float(a.abs().max()))
+    assert outs[0][0].argmax(1).tolist() == outs[1][0].argmax(1).tolist()
+    if name == "efficientnet_lite0":  # stride-1 "same" padding moved into the convolution
+        pads = [m.static_padding for m in fused.modules() if hasattr(m, "static_padding")]
+        assert any(isinstance(p, torch.nn.Identity) for p in pads)
+        assert any(isinstance(p, torch.nn.ZeroPad2d) for p in pads)  # asymmetric ones stay
+
+
+def test_fold_batchnorm_formula():
+    """W' = s W, b' = s (b - mu) + beta with s = gamma / sqrt(var + eps), checked by hand."""
+    conv = torch.nn.Conv2d(1, 2, 1, bias=True)
+    bn = torch.nn.BatchNorm2d(2, eps=0.0).eval()
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([2.0, -1.0]).view(2, 1, 1, 1))
+        conv.bias.copy_(torch.tensor([1.0, 0.5]))
+        bn.running_mean.copy_(torch.tensor([3.0, -1.0]))
+        bn.running_var.copy_(torch.tensor([4.0, 0.25]))
+        bn.weight.copy_(torch.tensor([1.0, 2.0]))
+        bn.bias.copy_(torch.tensor([0.0, -1.0]))
+    models.fold_batchnorm(conv, bn)
+    assert conv.weight.flatten().tolist() == [1.0, -4.0]  # s = [1/2, 4]
+    assert conv.bias.tolist() == [-1.0, 5.0]  # [(1-3)/2 + 0, 4*(0.5+1) - 1]
 
 
 def test_offline_torchvision_weights_give_a_clear_error(tmp_path, monkeypatch):
