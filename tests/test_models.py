@@ -106,10 +106,14 @@ def test_fused_model_computes_the_same_function(name):
     x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     outs = []
     for m in (plain, fused):
-        seen = {}
+        seen: dict[str, torch.Tensor] = {}
+
+        def keep(tag, seen=seen):
+            return lambda mod, i, o: seen.__setitem__(tag, o)
+
         hooks = [
-            m.target_layer.register_forward_hook(lambda mod, i, o: seen.__setitem__("t", o)),
-            m.get_layer(bn_name).register_forward_hook(lambda mod, i, o: seen.__setitem__("b", o)),
+            m.target_layer.register_forward_hook(keep("t")),
+            m.get_layer(bn_name).register_forward_hook(keep("b")),
         ]
         with torch.no_grad():
             outs.append((m(x), seen["t"], seen["b"]))
