@@ -11,6 +11,7 @@ A notebook describes *what* to compute; :func:`run_rows` does the bookkeeping:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from .api import explain
+from .cams import scorecam_classes
 from .data import collate, load_dataset
 from .models import Classifier, load_model
 from .results import MapCache, ResultTable
@@ -163,6 +165,68 @@ def cached_maps(
 
     maps = cache.get_or_compute(key, batch.ids, compute)
     return maps.to(batch.images.device), list(cache.last_seconds)
+
+
+def fill_maps_for_rules(
+    cache: MapCache,
+    model: Classifier,
+    method: str,
+    batch: Batch,
+    rules: Sequence[str],
+    options: Mapping[str, Any] | None = None,
+) -> None:
+    """Store the maps of ``method`` for every rule in ``rules`` that ``cached_maps`` would compute.
+
+    For Score-CAM the classes of all rules are explained from one set of masked forward passes
+    (:func:`paper_code.cams.scorecam_classes`); other methods are computed rule by rule. Maps that
+    another rule already stored for the same class are reused, as in :func:`cached_maps`.
+    """
+    options = dict(options or {})
+    if method != "scorecam" or set(options) - {"batch_size", "align_corners", "layer"}:
+        for rule in rules:
+            cached_maps(cache, model, method, batch, rule, options)
+        return
+    keys = [_key(model, method, r, options, None) for r in rules]
+    classes = torch.stack([target_classes(batch, r) for r in rules], dim=1)  # [B, R]
+    for r, rule in enumerate(rules):
+        _reuse_same_class(cache, model, method, batch, rule, options, None, classes[:, r])
+    missing = {r: set(cache.missing(k, batch.ids)) for r, k in enumerate(keys)}
+    todo = sorted(set().union(*missing.values()))
+    if not todo:
+        return
+    idx = torch.tensor(todo, device=batch.images.device)
+    layer = model.get_layer(options.get("layer"))
+    kw = {k: v for k, v in options.items() if k != "layer"}
+    t0 = time.perf_counter()
+    maps = scorecam_classes(model, batch.images[idx], classes[idx], layer, **kw)
+    n_maps = sum(len(m) for m in missing.values())
+    seconds = (time.perf_counter() - t0) / max(n_maps, 1)  # one run serves every class
+    for r, key in enumerate(keys):
+        pos = [i for i, j in enumerate(todo) if j in missing[r]]
+        if pos:
+            ids = [batch.ids[todo[i]] for i in pos]
+            cache.store(key, ids, maps[pos, r : r + 1].cpu(), seconds)
+
+
+def fill_rules(
+    cache: MapCache,
+    model: Classifier,
+    dataset,
+    method: str,
+    rules: Sequence[str],
+    options: Mapping[str, Any] | None,
+    batch_size: int,
+    device: str | torch.device,
+) -> None:
+    """:func:`fill_maps_for_rules` over a dataset, skipping images stored under every rule."""
+    options = dict(options or {})
+    ids = _ids(dataset)
+    keys = [_key(model, method, r, options, None) for r in rules]
+    done = set(ids)
+    for key in keys:
+        done &= {ids[i] for i in cache.stored(key, ids)}
+    for batch in batches(model, dataset, batch_size, device, skip=done):
+        fill_maps_for_rules(cache, model, method, batch, rules, options)
 
 
 def _reuse_same_class(

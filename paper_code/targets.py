@@ -38,6 +38,22 @@ class ClassProbability(ClassLogit):
         return logits.softmax(1).gather(1, cls[:, None])[:, 0]
 
 
+class ClassLogits:
+    """Several classes per image: ``classes`` is ``[B, R]`` and the scores are ``[N, R]`` logits.
+
+    Used where one set of forward passes serves several classes (Score-CAM's masked images do not
+    depend on the class; only which logit is read does).
+    """
+
+    def __init__(self, classes: torch.Tensor) -> None:
+        if classes.dim() != 2:
+            raise ValueError(f"classes must be [B, R], got shape {list(classes.shape)}")
+        self.classes = classes.long()
+
+    def __call__(self, logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return logits.gather(1, self.classes.to(logits.device)[index.to(logits.device)])
+
+
 def resolve_classes(
     model: torch.nn.Module,
     images: torch.Tensor,

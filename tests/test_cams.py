@@ -493,3 +493,16 @@ def test_cam_lowres_errors(tiny, images):
         cams.cam_lowres("gradcam", tiny, images, ClassLogit(torch.tensor([0, 0, 0])), None)
     with pytest.raises(ValueError, match=r"\[B, K, h, w\]"):
         cams.cam_lowres("gradcam", tiny, images, ClassLogit(torch.tensor([0, 0, 0])), tiny.net.fc)
+
+
+def test_scorecam_classes_equals_one_run_per_class(tiny, images):
+    """Several classes from one set of masked forward passes = Score-CAM run once per class."""
+    from paper_code.cams import scorecam_classes
+
+    classes = torch.tensor([[1, 4, 9], [0, 0, 7], [3, 2, 5]])[: images.shape[0]]
+    together = scorecam_classes(tiny, images, classes, tiny.target_layer, batch_size=5)
+    assert together.shape == (images.shape[0], 3, *images.shape[-2:])
+    for r in range(3):
+        alone = explain("scorecam", tiny, images, classes[:, r], batch_size=7)
+        torch.testing.assert_close(together[:, r : r + 1], alone, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(together[:, 0], together[:, 2])  # the classes do differ

@@ -87,3 +87,39 @@ def test_maps_are_reused_across_rules_that_name_the_same_class(tmp_path, monkeyp
     direct, _ = experiments.cached_maps(fresh, model, "gradcam", batch, "most_probable")
     torch.testing.assert_close(pred, direct, rtol=0, atol=1e-3)
     assert cache.stored(experiments.map_key(model, "gradcam", "least_probable", {}), ["a"]) == []
+
+
+def test_scorecam_maps_of_all_rules_come_from_one_run(tmp_path, monkeypatch):
+    """fill_maps_for_rules stores, for each rule, the map cached_maps would have computed, from a
+    single Score-CAM run per image; afterwards cached_maps computes nothing."""
+    import torch
+
+    from paper_code import cams
+
+    model = pc.load_model("tiny")
+    images = torch.rand(3, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        logits = model(images)
+    labels = torch.tensor([int(logits[0].argmax()), 5, 6])
+    batch = experiments.Batch(images, labels, [None] * 3, ["a", "b", "c"], logits)
+    runs: list[int] = []
+    real = cams.scorecam_classes
+
+    def counting(model, images, classes, layer, **kw):
+        runs.append(images.shape[0])
+        return real(model, images, classes, layer, **kw)
+
+    monkeypatch.setattr(experiments, "scorecam_classes", counting)
+    cache = MapCache(tmp_path / "joint")
+    rules = list(experiments.TARGET_RULES)
+    experiments.fill_maps_for_rules(cache, model, "scorecam", batch, rules)
+    assert runs == [3]  # one run for the three images, all four rules
+    experiments.fill_maps_for_rules(cache, model, "scorecam", batch, rules)
+    assert runs == [3]  # nothing left to do
+    monkeypatch.setattr(experiments, "explain", None)  # cached_maps must not compute anything
+    joint = {r: experiments.cached_maps(cache, model, "scorecam", batch, r)[0] for r in rules}
+    monkeypatch.undo()
+    fresh = MapCache(tmp_path / "fresh")
+    for r in rules:
+        direct, _ = experiments.cached_maps(fresh, model, "scorecam", batch, r)
+        torch.testing.assert_close(joint[r], direct, rtol=0, atol=2e-3)
