@@ -18,6 +18,7 @@ from torch import nn
 from torchvision import transforms
 
 from .names import MODELS
+from .runtime import tune_cpu_allocator
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -399,9 +400,15 @@ def load_model(
         device: where to put the model.
         fuse: fold batch norms into convolutions (:func:`fuse_for_inference`): same outputs up to
             float rounding, about 2x faster forwards on a CPU. ``False`` keeps the original modules.
+
+    On a CPU this also applies :func:`paper_code.runtime.tune_cpu_allocator` once per process (glibc
+    keeps freed activation buffers instead of unmapping them: ~1.8x faster repeated forward passes,
+    results unchanged); set ``PAPER_CODE_NO_MALLOPT=1`` to opt out.
     """
     if name not in _BUILDERS:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}")
+    if torch.device(device).type == "cpu":
+        tune_cpu_allocator()
     model = _BUILDERS[name](weights)
     if fuse:
         fuse_for_inference(model)
