@@ -355,8 +355,9 @@ def fuse_for_inference(model: Classifier) -> Classifier:
     where it is symmetric it becomes the conv's own ``padding`` (asymmetric ones, at stride 2, stay).
 
     Results equal the unfused network's up to float rounding (logits within ~1e-5 here; tested).
-    Measured on a 2-core CPU with EfficientNet-Lite0, batch 4: forward 10.3 -> 4.6 ms per image,
-    forward + backward to the input 17.0 -> 10.4 ms (``benchmarks/bench_opticam.py``).
+    Measured on a 2-core CPU with EfficientNet-Lite0, batch 4 (``benchmarks/bench_inference_form.py``,
+    with :func:`paper_code.runtime.tune_cpu_allocator`): forward + backward to the input (Opti-CAM's
+    step) 14.8 -> 10.8 ms per image, forward 5.6 -> 4.6 ms.
     A fused model has no batch-norm layers left to train: use ``load_model(..., fuse=False)`` to
     fine-tune or to inspect batch-norm parameters. Modifies ``model`` in place and returns it.
     """
@@ -399,10 +400,11 @@ def load_model(
             ``weights_only=True``), or ``"random"`` for random initialization (timing, sanity checks).
         device: where to put the model.
         fuse: fold batch norms into convolutions (:func:`fuse_for_inference`): same outputs up to
-            float rounding, about 2x faster forwards on a CPU. ``False`` keeps the original modules.
+            float rounding, faster (Opti-CAM's forward + backward about 1.4x on a CPU). ``False``
+            keeps the original modules.
 
     On a CPU this also applies :func:`paper_code.runtime.tune_cpu_allocator` once per process (glibc
-    keeps freed activation buffers instead of unmapping them: ~1.8x faster repeated forward passes,
+    keeps freed activation buffers instead of unmapping them: ~1.7x faster repeated forward passes,
     results unchanged); set ``PAPER_CODE_NO_MALLOPT=1`` to opt out.
     """
     if name not in _BUILDERS:
