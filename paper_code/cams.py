@@ -157,12 +157,12 @@ def _progress(it: Iterable, enabled: bool, desc: str, total: int) -> Iterable:
     return tqdm(it, desc=desc, total=total)
 
 
-def _check_batch_size(batch_size: int | None, cpu_default: int = 4) -> int:
+def _check_batch_size(batch_size: int | None, cpu_default: int = 6) -> int:
     """``None``: 64 copies per forward pass with a GPU, ``cpu_default`` on a CPU.
 
     Score-CAM runs the whole network on every masked image; on a CPU small chunks are faster per
-    image and use less memory (EfficientNet-Lite0, 2 cores: 2.4 s per image at 4, 2.8 s at 8, 7.8 s
-    at 64). Ablation-CAM runs only the layers after the target layer on its copies, so it uses large
+    image and use less memory (EfficientNet-Lite0, 2 cores: 2.3-2.5 s per image at 6, 2.6-2.7 s at
+    4, 2.8-3.2 s at 8, 7.8 s at 64). Ablation-CAM runs only the layers after the target layer on its copies, so it uses large
     chunks everywhere (1.3 s per image at 8, 0.4 s at 32).
     """
     if batch_size is None:
@@ -363,7 +363,7 @@ def scorecam(
     The mask multiplies the [0, 1] image (standardization happens inside the model).
 
     Options:
-        batch_size: masked images per forward pass (default 64 on a GPU, 4 on a CPU). The ``B * K``
+        batch_size: masked images per forward pass (default 64 on a GPU, 6 on a CPU). The ``B * K``
             masked copies are never materialized at once; chunks may span several images.
         align_corners: ``False`` (default, the project's ``up``). ``True`` reproduces
             pytorch-grad-cam, whose ``ScoreCAM`` upsamples with ``nn.UpsamplingBilinear2d``, i.e.
