@@ -355,6 +355,8 @@ def fuse_for_inference(model: Classifier) -> Classifier:
     where it is symmetric it becomes the conv's own ``padding`` (asymmetric ones, at stride 2, stay).
 
     Results equal the unfused network's up to float rounding (logits within ~1e-5 here; tested).
+    Opti-CAM's maps amplify such differences, as they amplify a change of batch composition
+    (``benchmarks/opticam_sensitivity.py``; the book's "Choices and deviations" page).
     Measured on a 2-core CPU with EfficientNet-Lite0, batch 4 (``benchmarks/bench_inference_form.py``,
     with :func:`paper_code.runtime.tune_cpu_allocator`): forward + backward to the input (Opti-CAM's
     step) 14.8 -> 10.8 ms per image, forward 5.6 -> 4.6 ms.
