@@ -189,6 +189,16 @@ def test_deterministic_and_frozen(tiny):
     assert a.shape == (2, 1, 224, 224) and a.min() >= 0 and a.max() <= 1
 
 
+def test_deterministic_on_the_offline_model():
+    """Run to run, same batch: bit for bit on EfficientNet-Lite0 too (Opti-CAM amplifies rounding
+    differences, so reproducibility rests on exact determinism; book: "Choices and deviations")."""
+    model = pc.load_model("efficientnet_lite0")
+    x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(5))
+    a = pc.explain("opticam", model, x, [1, 2], iterations=8)
+    b = pc.explain("opticam", model, x, [1, 2], iterations=8)
+    assert torch.equal(a, b) and a.std() > 0
+
+
 def test_official_mode_equals_plain_adam_when_loss_never_rises(tiny):
     x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(3))
     target = ClassLogit(torch.tensor([4, 5]))
