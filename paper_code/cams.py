@@ -46,7 +46,7 @@ from torch import nn
 from .api import register
 from .hooks import capture, channels_last, frozen
 from .maps import EPS, normalize_range, upsample, weighted_sum
-from .targets import Target
+from .targets import ClassLogits, Target
 
 __all__ = ["LOWRES", "cam_lowres", "finish", "forward_with_gradients", "forward_features"]
 
@@ -162,8 +162,8 @@ def _check_batch_size(batch_size: int | None, cpu_default: int = 6) -> int:
 
     Score-CAM runs the whole network on every masked image; on a CPU small chunks are faster per
     image and use less memory (EfficientNet-Lite0, 2 cores: 2.3-2.5 s per image at 6, 2.6-2.7 s at
-    4, 2.8-3.2 s at 8, 7.8 s at 64). Ablation-CAM runs only the layers after the target layer on its copies, so it uses large
-    chunks everywhere (1.3 s per image at 8, 0.4 s at 32).
+    4, 2.8-3.2 s at 8, 7.8 s at 64). Ablation-CAM runs only the layers after the target layer on
+    its copies, so it uses large chunks everywhere (1.3 s per image at 8, 0.4 s at 32).
     """
     if batch_size is None:
         return 64 if torch.cuda.is_available() else cpu_default
@@ -394,8 +394,6 @@ def scorecam_classes(
     them gives the logits of every class: map ``r`` equals ``scorecam`` for ``classes[:, r]`` (tested)
     at the cost of a single Score-CAM run (Table A.9 explains four classes per image).
     """
-    from .targets import ClassLogits
-
     layer = _check_layer(layer, "scorecam")
     with frozen(model):
         acts = forward_features(model, images, layer)

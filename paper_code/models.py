@@ -74,8 +74,6 @@ class Classifier(nn.Module):
         self.target_layer_name = target_layer_name
         self.categories = list(categories)
         self.input_size = input_size
-        #: True once :func:`fuse_for_inference` folded the batch norms (the default of load_model).
-        self.fused = False
         self.transform = transforms.Compose(
             [transforms.Resize(256), transforms.CenterCrop(input_size), transforms.ToTensor()]
         )
@@ -84,6 +82,11 @@ class Classifier(nn.Module):
     @property
     def num_classes(self) -> int:
         return len(self.categories)
+
+    @property
+    def fused(self) -> bool:
+        """True when no batch norm is left (:func:`fuse_for_inference`, the default of load_model)."""
+        return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.net.modules())
 
     @property
     def target_layer(self) -> nn.Module:
@@ -375,7 +378,6 @@ def fuse_for_inference(model: Classifier) -> Classifier:
             if left == right == top == bottom and module.padding in ((0, 0), 0):
                 module.padding = (left, left)
                 module.static_padding = nn.Identity()
-    model.fused = True
     return model
 
 

@@ -103,8 +103,7 @@ class MapCache:
 
     def folder(self, key: Mapping[str, Any]) -> Path:
         """The folder of ``key`` (created, with ``key.json``, on first use)."""
-        name = _SAFE.sub("_", str(key.get("method", "maps")))[:40]
-        folder = self.root / f"{name}-{key_hash(key)}"
+        folder = self._folder_path(key)
         key_file = folder / "key.json"
         if key_file.exists():
             stored = json.loads(key_file.read_text())
@@ -117,10 +116,13 @@ class MapCache:
             _atomic_write_bytes(key_file, payload.encode())
         return folder
 
+    def _folder_path(self, key: Mapping[str, Any]) -> Path:
+        name = _SAFE.sub("_", str(key.get("method", "maps")))[:40]
+        return self.root / f"{name}-{key_hash(key)}"
+
     def stored(self, key: Mapping[str, Any], ids: Sequence[str]) -> list[int]:
         """Positions in ``ids`` whose map is stored (creates nothing, unlike :meth:`missing`)."""
-        name = _SAFE.sub("_", str(key.get("method", "maps")))[:40]
-        folder = self.root / f"{name}-{key_hash(key)}"
+        folder = self._folder_path(key)
         if not (folder / "key.json").exists():
             return []
         return [i for i, x in enumerate(ids) if (folder / f"{_file_stem(x)}.pt").exists()]

@@ -12,9 +12,7 @@ _M_MMAP_THRESHOLD = -3
 _done = False
 
 
-def tune_cpu_allocator(
-    mmap_threshold: int = 32 * 2**20, trim_threshold: int = 2**30, force: bool = False
-) -> bool:
+def tune_cpu_allocator(mmap_threshold: int = 32 * 2**20, trim_threshold: int = 2**30) -> bool:
     """Keep freed activation buffers in glibc's heap instead of unmapping them (Linux only).
 
     By default glibc serves every allocation above a (dynamic) threshold with a fresh ``mmap`` and
@@ -30,7 +28,7 @@ def tune_cpu_allocator(
     when ``PAPER_CODE_NO_MALLOPT`` is set; returns True when the settings were applied.
     """
     global _done
-    if _done and not force:
+    if _done:
         return True
     if not sys.platform.startswith("linux") or os.environ.get("PAPER_CODE_NO_MALLOPT"):
         return False
