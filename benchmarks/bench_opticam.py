@@ -14,8 +14,8 @@ import time
 import torch
 
 from paper_code import load_model
-from paper_code.opticam import optimize
-from paper_code.targets import ClassLogit
+from paper_code.methods.opticam import optimize
+from paper_code.methods.targets import ClassLogit
 
 
 def bench(model_name: str, device: str, batch: int, iterations: int, repeats: int, **kw) -> float:

@@ -1,10 +1,18 @@
 """paper_code: a faithful, batched, pure-torch reimplementation of Opti-CAM (Zhang et al., CVIU 2024).
 
+Layers (each imports only the layers below it):
+
+1. :mod:`paper_code.models`, :mod:`paper_code.data` -- networks and datasets;
+2. :mod:`paper_code.methods` -- every explainer behind one registry;
+3. :mod:`paper_code.metrics` -- every evaluation metric of the paper;
+4. :mod:`paper_code.reproduce` -- the experiment loop, result storage and the book;
+5. :mod:`paper_code.cli` on top.
+
 Main entry points:
 
 - :func:`load_model` -- classifiers taking [0, 1] images, standardization inside.
 - :func:`load_dataset` -- the offline ``sample`` photos, ILSVRC2012 val, or any image folder.
-- :func:`explain` -- Opti-CAM and the CAM baselines, one call.
+- :func:`explain` -- Opti-CAM and every baseline, one call.
 - :mod:`paper_code.metrics` -- every evaluation metric of the paper.
 
 Attributes are imported lazily, so ``python -m paper_code reproduce`` (which only drives papermill)
@@ -16,16 +24,20 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .names import MODELS, PAPER_NAMES
+from .names import MODELS
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "explain": ("api", "explain"),
-    "METHODS": ("api", "METHODS"),
+    "explain": ("methods", "explain"),
+    "METHODS": ("methods", "METHODS"),
+    "PAPER_NAMES": ("methods", "PAPER_NAMES"),
     "load_model": ("models", "load_model"),
     "load_dataset": ("data", "load_dataset"),
     "metrics": ("metrics", None),
+    "methods": ("methods", None),
+    "models": ("models", None),
+    "data": ("data", None),
 }
 
 __all__ = ["METHODS", "MODELS", "PAPER_NAMES", "explain", "load_dataset", "load_model", "metrics"]
@@ -36,8 +48,6 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'paper_code' has no attribute {name!r}")
     module, attr = _LAZY[name]
     mod = importlib.import_module(f".{module}", __name__)
-    if name == "METHODS":
-        mod._load_methods()  # registering happens when the method modules are imported
     value = mod if attr is None else getattr(mod, attr)
     globals()[name] = value
     return value

@@ -27,8 +27,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     from . import explain, load_model
     from .data import open_rgb
+    from .methods import get_method
     from .viz import overlay
 
+    get_method(args.method)  # unknown ids fail here, with the list of valid ones
     model = load_model(args.model, weights=args.weights, device=args.device)
     image = open_rgb(args.image)
     x = model.transform(image)[None].to(args.device)
@@ -63,7 +65,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .book import NotebookError, run_notebook
+    from .reproduce.notebooks import NotebookError, run_notebook
 
     try:
         path = run_notebook(
@@ -80,7 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from .book import reproduce
+    from .reproduce.notebooks import reproduce
 
     return reproduce(
         args.profile,
@@ -92,10 +94,14 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .book import list_profiles, toc_notebooks
-    from .names import MODELS, PAPER_NAMES
+    from .methods import METHODS
+    from .names import MODELS
+    from .reproduce.notebooks import list_profiles, toc_notebooks
 
-    print("methods:   ", " ".join(PAPER_NAMES))
+    print("methods (id, paper name, kind, needs a layer):")
+    for spec in METHODS.values():
+        layer = "layer" if spec.needs_layer else "-"
+        print(f"  {spec.name:14s} {spec.paper_name:16s} {spec.kind:13s} {layer}")
     print("models:    ", " ".join(MODELS))
     print("datasets:   sample imagenet folder")
     print("profiles:  ", " ".join(list_profiles()))
@@ -104,7 +110,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .names import MODELS, PAPER_NAMES
+    from .names import MODELS
 
     parser = argparse.ArgumentParser(
         prog="python -m paper_code",
@@ -114,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("explain", help="saliency map of one image, written as an overlay PNG")
     p.add_argument("image", help="path of an image file (any format PIL reads)")
-    p.add_argument("--method", default="opticam", choices=sorted(PAPER_NAMES))
+    p.add_argument(
+        "--method", default="opticam", help="method id (python -m paper_code list shows them)"
+    )
     p.add_argument("--model", default="efficientnet_lite0", choices=MODELS)
     p.add_argument("--weights", default=None, help="state-dict file instead of the default weights")
     p.add_argument("--target", type=int, default=None, help="class to explain (default: predicted)")

@@ -11,8 +11,7 @@ import nbformat
 import pytest
 import yaml
 
-from paper_code import book
-from paper_code.book import (
+from paper_code.reproduce.notebooks import (
     BOOK_DIR,
     PAPER_ORDER,
     REPO_ROOT,
@@ -22,13 +21,13 @@ from paper_code.book import (
     list_profiles,
     load_profile,
     notebook_parameters,
-    paper_table,
     profile_parameters,
     run_notebook,
     toc_files,
     toc_notebooks,
 )
-from paper_code.book import reproduce as reproduce_fn
+from paper_code.reproduce.notebooks import reproduce as reproduce_fn
+from paper_code.reproduce.paper import paper_table, provenance
 
 NOTEBOOK_SOURCES = sorted(p for p in BOOK_DIR.glob("*.md") if is_notebook(p))
 NOTEBOOK_IDS = [p.stem for p in NOTEBOOK_SOURCES]
@@ -164,7 +163,7 @@ def test_paper_tables_packaged() -> None:
 
 
 def test_provenance() -> None:
-    info = book.provenance(0.0, "cpu", model="tiny")
+    info = provenance(0.0, "cpu", model="tiny")
     for k in ("model", "device", "hardware", "torch", "paper_code", "git_commit", "wall_time_s"):
         assert k in info
 

@@ -15,11 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from paper_code import cams
-from paper_code.api import METHODS, explain
-from paper_code.maps import normalize_range, upsample
+from paper_code.methods import METHODS, cams, explain
+from paper_code.methods.maps import normalize_range, upsample
+from paper_code.methods.targets import ClassLogit
 from paper_code.models import load_model
-from paper_code.targets import ClassLogit
 
 CAMS = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "scorecam", "ablationcam")
 ALL = ("fakecam", *CAMS)
@@ -296,7 +295,7 @@ def test_chunked_equals_unchunked(tiny, images, method):
 def test_ablation_fast_path_equals_repeat(tiny, images):
     t = ClassLogit(torch.tensor([0, 2, 6]))
     layer = tiny.target_layer
-    acts = cams.forward_features(tiny, images, layer)
+    acts, _ = cams.forward_features(tiny, images, layer)
     fast, used_fast = cams.ablation_scores(tiny, images, t, layer, acts, batch_size=10)
     slow, used_slow = cams.ablation_scores(tiny, images, t, layer, acts, batch_size=10, fast=False)
     assert used_fast and not used_slow
@@ -323,7 +322,7 @@ def test_ablation_falls_back_on_skip_connections():
     model = Skip()
     x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(6))
     t = ClassLogit(torch.tensor([0, 2]))
-    acts = cams.forward_features(model, x, model.relu)
+    acts, _ = cams.forward_features(model, x, model.relu)
     scores, used_fast = cams.ablation_scores(model, x, t, model.relu, acts, batch_size=5)
     assert not used_fast
     # Brute force: zero channel k of the ReLU output with a plain hook, one channel at a time.
@@ -497,7 +496,7 @@ def test_cam_lowres_errors(tiny, images):
 
 def test_scorecam_classes_equals_one_run_per_class(tiny, images):
     """Several classes from one set of masked forward passes = Score-CAM run once per class."""
-    from paper_code.cams import scorecam_classes
+    from paper_code.methods.cams import scorecam_classes
 
     classes = torch.tensor([[1, 4, 9], [0, 0, 7], [3, 2, 5]])[: images.shape[0]]
     together = scorecam_classes(tiny, images, classes, tiny.target_layer, batch_size=5)

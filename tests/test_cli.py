@@ -39,4 +39,4 @@ def test_explain_errors_are_messages_not_tracebacks(tmp_path):
     res = run("explain", str(bad), "--model", "tiny")
     assert res.returncode == 2 and "bad.jpg" in res.stderr and "Traceback" not in res.stderr
     res = run("explain", str(bad), "--method", "nope")
-    assert res.returncode == 2 and "invalid choice" in res.stderr
+    assert res.returncode == 2 and "unknown method 'nope'" in res.stderr and "opticam" in res.stderr

@@ -319,7 +319,7 @@ def test_sample_dataset(monkeypatch):
 
 
 def test_sample_json_matches_files():
-    from paper_code.data import SAMPLE_JSON, _package_dir
+    from paper_code.data.datasets import SAMPLE_JSON, _package_dir
 
     recs = json.loads(SAMPLE_JSON.read_text())["images"]
     for r in recs:

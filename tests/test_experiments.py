@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 import paper_code as pc
-from paper_code import experiments
-from paper_code.results import MapCache, ResultTable
+from paper_code.reproduce import experiments
+from paper_code.reproduce.results import MapCache, ResultTable
 
 
 class Interrupted(Exception):
@@ -94,7 +94,7 @@ def test_scorecam_maps_of_all_rules_come_from_one_run(tmp_path, monkeypatch):
     single Score-CAM run per image; afterwards cached_maps computes nothing."""
     import torch
 
-    from paper_code import cams
+    from paper_code.methods import cams
 
     model = pc.load_model("tiny")
     images = torch.rand(3, 3, 224, 224, generator=torch.Generator().manual_seed(2))

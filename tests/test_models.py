@@ -9,7 +9,7 @@ import torch
 
 import paper_code as pc
 from paper_code import models
-from paper_code.hooks import capture
+from paper_code.methods.hooks import capture
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 import paper_code as pc
-from paper_code.opticam import optimize, saliency
-from paper_code.targets import ClassLogit
+from paper_code.methods.opticam import optimize, saliency
+from paper_code.methods.targets import ClassLogit
 
 A = (1.0, 0.5, 0.25)  # channel amplitudes of the analytic image
 SIDE = 32
@@ -254,8 +254,8 @@ def test_cpu_and_cuda_agree(tiny):
 def test_opticam_raises_the_masked_logit_on_every_sample_photo():
     """efficientnet_lite0 + the bundled photos: after 100 iterations the masked ground-truth logit
     exceeds the initial (uniform-weights) one on every image, and Grad-CAM's on average."""
-    from paper_code.cams import cam_lowres  # noqa: F401  (registers the baselines)
     from paper_code.data import load_batch
+    from paper_code.methods.cams import cam_lowres  # noqa: F401  (registers the baselines)
 
     model = pc.load_model("efficientnet_lite0")
     images, labels = load_batch(pc.load_dataset("sample"))

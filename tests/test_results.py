@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from paper_code.results import MapCache, ResultTable, key_hash
+from paper_code.reproduce.results import MapCache, ResultTable, key_hash
 
 IDS = [f"img_{i:03d}" for i in range(10)]
 MAPS = torch.rand(10, 1, 8, 8)

@@ -22,7 +22,7 @@ from urllib.parse import urldefrag, urljoin, urlparse
 
 import pytest
 
-from paper_code.book import reproduce, toc_files, toc_notebooks
+from paper_code.reproduce.notebooks import reproduce, toc_files, toc_notebooks
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = [

@@ -381,7 +381,7 @@ def _sample(validate: str = "full", ids: Sequence[str] | None = None) -> ImageDa
         sizes.append(tuple(r["size"]))
         kept.append(r)
     ds = ImageDataset(paths, labels, names, boxes, sizes, kept, validate=validate, skipped=skipped)
-    from .models import imagenet_categories
+    from ..models import imagenet_categories
 
     ds.categories = imagenet_categories()
     return ds
@@ -594,7 +594,7 @@ def _imagenet(
         files, labs, [p.stem for p in files], all_boxes, sizes, records, validate=validate
     )
     ds.wnids = wnids  # type: ignore[attr-defined]
-    from .models import imagenet_categories
+    from ..models import imagenet_categories
 
     ds.categories = imagenet_categories()
     return ds

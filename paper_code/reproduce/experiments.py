@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from .api import explain
-from .cams import scorecam_classes
-from .data import collate, load_dataset
-from .models import Classifier, load_model
+from ..data import collate, load_dataset
+from ..methods import explain
+from ..methods.cams import scorecam_classes
+from ..models import Classifier, load_model
 from .results import MapCache, ResultTable
 
 #: The CAM methods of Table 1 that run on CNNs, in the paper's row order.

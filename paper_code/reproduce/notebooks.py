@@ -4,7 +4,7 @@ The book (``_config.yml``, ``_toc.yml``, ``book/``) is a Jupyter Book 1 whose ta
 are jupytext MyST notebooks (``book/<name>.md``, paired with an output-free ``book/<name>.ipynb``).
 
 - :func:`run_notebook` executes one notebook with papermill, parameters from a *profile*
-  (``paper_code/profiles/*.yml``) plus overrides, into ``<output_dir>/<name>.ipynb``; the committed
+  (``paper_code/reproduce/profiles/*.yml``) plus overrides, into ``<output_dir>/<name>.ipynb``; the committed
   sources are never written.
 - :func:`reproduce` executes every notebook of the table of contents, copies the executed notebooks
   into a build tree and renders it with ``jupyter-book build`` with execution **off**, so nothing
@@ -17,20 +17,16 @@ from __future__ import annotations
 
 import ast
 import copy
-import math
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import yaml
 
 __all__ = [
@@ -39,13 +35,10 @@ __all__ = [
     "PAPER_ORDER",
     "NotebookError",
     "build_site",
-    "compare_with_paper",
     "load_profile",
     "notebook_parameters",
-    "paper_table",
     "prepare_build_tree",
     "profile_parameters",
-    "provenance",
     "reproduce",
     "run_notebook",
     "toc_files",
@@ -54,7 +47,7 @@ __all__ = [
 ]
 
 #: Repository root (where ``_config.yml`` and ``_toc.yml`` live) for a source checkout.
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 BOOK_DIR = REPO_ROOT / "book"
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 #: Parameters holding paths: made absolute (relative to the caller's cwd) before injection.
@@ -480,120 +473,6 @@ def build_site(
     return Path(output or src).resolve() / "_build" / "html"
 
 
-# --------------------------------------------------------------------------- notebook helpers
-
-
-#: The paper's network for each of our models (used to pick reference numbers).
-PAPER_NETWORK = {
-    "resnet50": "resnet50",
-    "vgg16_bn": "vgg16",
-    "efficientnet_lite0": "resnet50",
-    "tiny": "resnet50",
-}
-
-
-def paper_table(name: str) -> pd.DataFrame:
-    """The paper's values for table ``name`` (``table1`` ... ``tableA14``) as a tidy DataFrame:
-    ``table, dataset, network, method, variant, metric, value, direction`` (``value`` float,
-    NaN where the paper prints "–"). See ``paper_code/paper_tables/README.md``."""
-    ref = resources.files("paper_code") / "paper_tables" / f"{name}.csv"
-    if not ref.is_file():
-        raise FileNotFoundError(f"no paper table {name!r}")
-    with resources.as_file(ref) as path:
-        df = pd.read_csv(path, dtype={"value": str}, keep_default_na=False)
-    df["value"] = pd.to_numeric(df["value"].replace("", float("nan")))
-    return df
-
-
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _git(*args: str) -> str:
-    try:
-        return subprocess.run(
-            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def provenance(
-    start: float | None = None, device: str | None = None, **extra: Any
-) -> dict[str, Any]:
-    """What ran, for captions: package versions, git commit, device, date and wall time.
-
-    Args:
-        start: ``time.time()`` at the start of the notebook; gives ``wall_time_s``.
-        device: the torch device string used (``cpu``, ``cuda``, ``cuda:1``).
-        **extra: anything else to record (model, dataset, number of images, ...).
-    """
-    import torch
-
-    commit = _git("rev-parse", "--short=12", "HEAD") or "unknown"
-    if commit != "unknown" and _git("status", "--porcelain", "--untracked-files=no"):
-        commit += "+dirty"
-    if device and device.startswith("cuda") and torch.cuda.is_available():
-        hardware = torch.cuda.get_device_name(torch.device(device))
-    else:
-        hardware = f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
-    info: dict[str, Any] = {
-        **extra,
-        "device": device or "cpu",
-        "hardware": hardware,
-        "python": platform.python_version(),
-        "paper_code": _version("paper_code"),
-        "torch": torch.__version__,
-        "torchvision": _version("torchvision"),
-        "git_commit": commit,
-        "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }
-    if start is not None:
-        info["wall_time_s"] = round(time.time() - start, 1)
-    return info
-
-
-def format_provenance(info: Mapping[str, Any]) -> str:
-    """One line for a caption: ``key: value; ...``."""
-    return "; ".join(f"{k}: {v}" for k, v in info.items())
-
-
-def compare_with_paper(
-    ours: pd.DataFrame,
-    table: str,
-    metrics: Sequence[str],
-    index: Sequence[str] = ("model", "method"),
-) -> pd.DataFrame:
-    """Our summary beside the paper's values.
-
-    ``ours``: one row per (model, method) with a column per metric (our ``model`` names; ``method``
-    in the paper's spelling, e.g. ``Opti-CAM``). Returns a frame indexed like ``ours`` with columns
-    ``(metric, "ours" | "paper" | "diff")``; the paper's network for each model is
-    :data:`PAPER_NETWORK` (e.g. EfficientNet-Lite0 is shown against the paper's ResNet50).
-    """
-    paper = paper_table(table)
-    paper = paper[(paper["variant"] == "") & paper["metric"].isin(metrics)]
-    ref = paper.pivot_table(index=["network", "method"], columns="metric", values="value")
-    cols = {}
-    for m in metrics:
-        mine = ours.set_index(list(index))[m]
-        theirs = [
-            ref[m].get((PAPER_NETWORK.get(str(model), str(model)), meth), math.nan)
-            if m in ref
-            else math.nan
-            for model, meth in mine.index
-        ]
-        cols[(m, "ours")] = mine.to_numpy()
-        cols[(m, "paper")] = theirs
-        cols[(m, "diff")] = mine.to_numpy() - pd.Series(theirs, dtype=float).to_numpy()
-    out = pd.DataFrame(cols, index=mine.index)
-    out.columns = pd.MultiIndex.from_tuples(out.columns, names=["metric", ""])
-    return out
-
-
 #: The table and figure notebooks in the paper's order (figA6 covers Figs. A.6 and A.7).
 PAPER_ORDER = (
     "table1", "table3", "table4", "table5", "table6", "tableA7", "tableA9", "tableA12",
@@ -603,7 +482,7 @@ PAPER_ORDER = (
 _TOC_HEADER = """\
 # Table of contents (Jupyter Book 1). Every "file" below must exist; tests/test_book.py checks that
 # each entry exists and that every notebook in book/ is listed. Regenerate after adding a notebook:
-#   python -c "from paper_code.book import write_toc; write_toc()"
+#   python -c "from paper_code.reproduce.notebooks import write_toc; write_toc()"
 # Notebooks go in paper order: {order} (figA6 covers Figs. A.6 and A.7).
 """
 

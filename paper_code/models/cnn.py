@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from torchvision import transforms
 
-from .names import MODELS
-from .runtime import tune_cpu_allocator
+from ..names import MODELS
+from ..runtime import tune_cpu_allocator
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

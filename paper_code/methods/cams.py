@@ -1,9 +1,9 @@
 r"""The CAM baselines of the paper (Section 5.2): Fake-CAM, Grad-CAM, Grad-CAM++, XGrad-CAM, Layer-CAM,
 HiRes-CAM, Score-CAM and Ablation-CAM, batched and in pure torch.
 
-Every method is registered in :data:`paper_code.api.METHODS` as
+Every method is registered in :data:`paper_code.methods.METHODS` as
 ``fn(model, images, target, layer, **options) -> Tensor[B, 1, H, W]`` and is normally called through
-:func:`paper_code.api.explain`.
+:func:`paper_code.methods.explain`.
 
 Common pipeline (all CAMs except Fake-CAM):
 
@@ -12,11 +12,11 @@ Common pipeline (all CAMs except Fake-CAM):
    HiRes-CAM), with :math:`h = \mathrm{ReLU}`, shape ``[B, 1, h, w]``.
 2. The final map is :math:`n(\mathrm{up}(S))`: bilinear upsampling to the input size
    (``align_corners=False``) *then* range normalization per image with an :math:`\epsilon` guard
-   (:func:`paper_code.maps.normalize_range`), the same order as Opti-CAM. A constant map gives all zeros.
+   (:func:`paper_code.methods.maps.normalize_range`), the same order as Opti-CAM. A constant map gives all zeros.
 
 Conventions shared with the rest of the project:
 
-- The network is frozen (:func:`paper_code.hooks.frozen`: ``requires_grad=False`` and eval mode, both
+- The network is frozen (:func:`paper_code.methods.hooks.frozen`: ``requires_grad=False`` and eval mode, both
   restored afterwards). Hooks exist only inside ``with capture(...)``.
 - Gradients :math:`g^k = \partial y_c / \partial A^k` are taken with ``torch.autograd.grad`` w.r.t. the
   captured activation, which is detached at the layer (``detach_for_grad=True``): no weight gradients and
@@ -43,9 +43,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .api import register
-from .hooks import capture, channels_last, frozen
+from .hooks import (
+    as_feature_layer,
+    capture,
+    channels_last,
+    forward_features,
+    forward_with_gradients,
+    frozen,
+)
 from .maps import EPS, normalize_range, upsample, weighted_sum
+from .registry import register
 from .targets import ClassLogits, Target
 
 __all__ = ["LOWRES", "cam_lowres", "finish", "forward_with_gradients", "forward_features"]
@@ -55,54 +62,6 @@ LOWRES: dict[str, Callable[..., torch.Tensor]] = {}
 
 
 # --------------------------------------------------------------------------- shared helpers
-
-
-def _check_layer(layer: nn.Module | None, name: str) -> nn.Module:
-    if not isinstance(layer, nn.Module):
-        raise ValueError(f"{name} needs a feature layer (an nn.Module), got {type(layer).__name__}")
-    return layer
-
-
-def _check_activation(cap, layer: nn.Module) -> torch.Tensor:
-    if cap.calls != 1 or cap.output is None:
-        raise ValueError(
-            f"the target layer {type(layer).__name__} ran {cap.calls} times in one forward pass; "
-            "choose a layer that runs exactly once (a module shared by several places in the network "
-            "cannot be hooked unambiguously)"
-        )
-    acts = cap.output
-    if acts.dim() != 4:
-        raise ValueError(
-            f"the target layer must output feature maps [B, K, h, w], got shape {list(acts.shape)}"
-        )
-    return acts
-
-
-def forward_features(model: nn.Module, images: torch.Tensor, layer: nn.Module) -> torch.Tensor:
-    """Feature maps :math:`A_\\ell(x)` ``[B, K, h, w]`` of ``layer`` (no gradients)."""
-    with torch.no_grad(), capture(layer) as cap:
-        model(images)
-        return _check_activation(cap, layer).detach()
-
-
-def forward_with_gradients(
-    model: nn.Module, images: torch.Tensor, target: Target, layer: nn.Module
-) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Activations :math:`A` and gradients :math:`g = \partial y_c / \partial A`, both ``[B, K, h, w]``.
-
-    The activation is detached at the layer, so the backward pass stops there.
-    """
-    with torch.enable_grad(), capture(layer, detach_for_grad=True) as cap:
-        logits = model(images)
-        acts = _check_activation(cap, layer)
-        index = torch.arange(images.shape[0], device=logits.device)
-        scores = target(logits, index).sum()
-        grads = None
-        if scores.requires_grad:
-            (grads,) = torch.autograd.grad(scores, acts, allow_unused=True)
-    if grads is None:  # the score does not depend on the layer
-        grads = torch.zeros_like(acts)
-    return acts.detach(), grads.detach()
 
 
 def finish(lowres: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -127,12 +86,14 @@ def cam_lowres(
         raise ValueError(
             f"no low-resolution map for method {method!r}; valid: {', '.join(sorted(LOWRES))}"
         )
-    layer = _check_layer(layer, method)
+    layer = as_feature_layer(layer, method)
     with frozen(model):
         return LOWRES[method](model, images, target, layer, **options)
 
 
-def _cam(name: str) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
+def _cam(
+    name: str, paper_name: str, families: tuple[str, ...] = ("cnn", "vit"), **defaults
+) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
     """Register a low-resolution CAM function and the full method ``n(up(lowres))`` under ``name``."""
 
     def deco(lowres_fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -143,7 +104,15 @@ def _cam(name: str) -> Callable[[Callable[..., torch.Tensor]], Callable[..., tor
             raw = cam_lowres(name, model, images, target, layer, **options)
             return finish(raw, tuple(images.shape[-2:]))
 
-        register(name)(method)
+        register(
+            name,
+            paper_name=paper_name,
+            kind="cam",
+            needs_layer=True,
+            defaults=defaults,
+            families=families,
+            differentiable=name not in ("scorecam", "ablationcam"),
+        )(method)
         return method
 
     return deco
@@ -179,7 +148,7 @@ def _chunks(n: int, size: int) -> list[tuple[int, int]]:
 # --------------------------------------------------------------------------- Fake-CAM
 
 
-@register("fakecam")
+@register("fakecam", paper_name="Fake-CAM", kind="sanity", needs_layer=False)
 def fakecam(model, images, target=None, layer=None, **options) -> torch.Tensor:
     r"""Fake-CAM (Poppi et al., 2021, "Revisiting the evaluation of class activation mapping for
     explainability"): :math:`S_{ij} = 1` everywhere except :math:`S_{00} = 0` (the top-left pixel).
@@ -199,7 +168,7 @@ def fakecam(model, images, target=None, layer=None, **options) -> torch.Tensor:
 # --------------------------------------------------------------------------- gradient CAMs
 
 
-@_cam("gradcam")
+@_cam("gradcam", "Grad-CAM")
 def gradcam(model, images, target, layer) -> torch.Tensor:
     r"""Grad-CAM (Selvaraju et al., ICCV 2017).
 
@@ -214,7 +183,7 @@ def gradcam(model, images, target, layer) -> torch.Tensor:
     return weighted_sum(weights, acts).relu()
 
 
-@_cam("gradcampp")
+@_cam("gradcampp", "Grad-CAM++", eps=0.0)
 def gradcampp(model, images, target, layer, eps: float = 0.0) -> torch.Tensor:
     r"""Grad-CAM++ (Chattopadhay et al., WACV 2018), closed form for the exponential score
     :math:`Y^c = \exp(y_c)` (their eq. 19), with :math:`g = \partial y_c / \partial A`:
@@ -246,7 +215,7 @@ def gradcampp(model, images, target, layer, eps: float = 0.0) -> torch.Tensor:
     return weighted_sum(weights, acts).relu()
 
 
-@_cam("xgradcam")
+@_cam("xgradcam", "XGrad-CAM", eps=0.0)
 def xgradcam(model, images, target, layer, eps: float = 0.0) -> torch.Tensor:
     r"""XGrad-CAM (Fu et al., BMVC 2020, "Axiom-based Grad-CAM").
 
@@ -270,7 +239,7 @@ def xgradcam(model, images, target, layer, eps: float = 0.0) -> torch.Tensor:
     return weighted_sum(weights, acts).relu()
 
 
-@_cam("layercam")
+@_cam("layercam", "Layer-CAM")
 def layercam(model, images, target, layer) -> torch.Tensor:
     r"""Layer-CAM (Jiang et al., IEEE TIP 2021): element-wise positive gradients as weights,
 
@@ -283,7 +252,7 @@ def layercam(model, images, target, layer) -> torch.Tensor:
     return (grads.relu() * acts).sum(dim=1, keepdim=True).relu()
 
 
-@_cam("hirescam")
+@_cam("hirescam", "HiRes-CAM")
 def hirescam(model, images, target, layer) -> torch.Tensor:
     r"""HiRes-CAM (Draelos & Carin, 2020, "Use HiResCAM instead of Grad-CAM for faithful explanations"):
 
@@ -312,7 +281,7 @@ def scorecam_weights(
 
     The ``B * K`` masked images are scored ``batch_size`` at a time; only one chunk of masked copies
     exists at any moment. Runs under ``torch.no_grad``. A target that returns ``[N, R]`` scores (R
-    classes per image, :class:`paper_code.targets.ClassLogits`) gives weights ``[B, K, R]`` from the
+    classes per image, :class:`paper_code.methods.targets.ClassLogits`) gives weights ``[B, K, R]`` from the
     same forward passes.
     """
     batch_size = _check_batch_size(batch_size)
@@ -342,7 +311,7 @@ def scorecam_weights(
     return scores.view(b, k, *scores.shape[1:]).softmax(dim=1)
 
 
-@_cam("scorecam")
+@_cam("scorecam", "Score-CAM", batch_size=None, align_corners=False)
 def scorecam(
     model,
     images,
@@ -374,7 +343,7 @@ def scorecam(
     (memory ``B*K*3*H*W``), loops over images, copies every score to the CPU one at a time; its
     normalization epsilon (``1e-8``) equals this project's.
     """
-    acts = forward_features(model, images, layer)
+    acts, _ = forward_features(model, images, layer)
     weights = scorecam_weights(model, images, target, acts, batch_size, align_corners, progress)
     return weighted_sum(weights, acts).relu()
 
@@ -394,9 +363,9 @@ def scorecam_classes(
     them gives the logits of every class: map ``r`` equals ``scorecam`` for ``classes[:, r]`` (tested)
     at the cost of a single Score-CAM run (Table A.9 explains four classes per image).
     """
-    layer = _check_layer(layer, "scorecam")
+    layer = as_feature_layer(layer, "scorecam")
     with frozen(model):
-        acts = forward_features(model, images, layer)
+        acts, _ = forward_features(model, images, layer)
         target = ClassLogits(classes.to(images.device))
         weights = scorecam_weights(model, images, target, acts, batch_size, align_corners, progress)
     size = tuple(images.shape[-2:])
@@ -431,6 +400,7 @@ def ablation_scores(
     as the activations it replaces (skip paths carry the un-ablated earlier tensors, as they should).
     """
     batch_size = _check_batch_size(batch_size, cpu_default=64)
+    layer = as_feature_layer(layer, "ablationcam").module
     b, k = acts.shape[:2]
     scores = torch.empty(b * k, dtype=acts.dtype, device=acts.device)
     chunks = _chunks(b * k, batch_size)
@@ -461,7 +431,7 @@ def ablation_scores(
     return scores.view(b, k), fast
 
 
-@_cam("ablationcam")
+@_cam("ablationcam", "Ablation-CAM", families=("cnn",), batch_size=None, fast=True)
 def ablationcam(
     model,
     images,
@@ -495,10 +465,9 @@ def ablationcam(
     from the paper for layers with negative values). For ReLU layers (all the paper's CNN layers) the
     values agree (tested).
     """
-    acts = forward_features(model, images, layer)
-    with torch.no_grad():
-        index = torch.arange(images.shape[0], device=images.device)
-        base = target(model(images), index)
+    acts, logits = forward_features(model, images, layer)
+    index = torch.arange(images.shape[0], device=images.device)
+    base = target(logits, index)
     ablated, _ = ablation_scores(model, images, target, layer, acts, batch_size, progress, fast)
     denom = torch.where(base == 0, torch.full_like(base, EPS), base)
     weights = (base[:, None] - ablated) / denom[:, None]

@@ -21,12 +21,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .api import register
-from .hooks import capture, channels_last, frozen
+from .hooks import FeatureLayer, channels_last, forward_features, frozen
 from .maps import NORMALIZATIONS, normalize, upsample, weighted_sum
+from .registry import register
 from .targets import Target
-
-OBJECTIVES = ("mask", "diff", "iomask", "iodiff")
 
 #: Early-stopping tolerance of App. A: stop "when the change in loss is less than 1e-10".
 STOP_TOLERANCE = 1e-10
@@ -62,6 +60,51 @@ def saliency(
     return normalize(upsample(s, size), normalization)
 
 
+def _masked_score(model, images, masks, target, index) -> torch.Tensor:
+    return target(model(images * masks), index)
+
+
+def _in_out_scores(model, images, masks, target, index) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores of :math:`x \\odot s` and :math:`x \\odot (1 - s)`, both masked images in one forward pass."""
+    n = images.shape[0]
+    both = torch.cat([images * masks, images * (1 - masks)])
+    scores = target(model(both), torch.cat([index, index]))
+    return scores[:n], scores[n:]
+
+
+def objective_mask(model, images, masks, target, index, clean):
+    r"""eq. (10): :math:`F = g_c(f(x \odot s))` (the paper's objective)."""
+    return _masked_score(model, images, masks, target, index)
+
+
+def objective_diff(model, images, masks, target, index, clean):
+    r"""eq. (19): :math:`F = -|g_c(f(x)) - g_c(f(x \odot s))|`."""
+    return -(clean - _masked_score(model, images, masks, target, index)).abs()
+
+
+def objective_iomask(model, images, masks, target, index, clean):
+    r"""eq. (F.1): :math:`F = g_c(f(x \odot s)) - g_c(f(x \odot (1 - s)))`."""
+    inside, outside = _in_out_scores(model, images, masks, target, index)
+    return inside - outside
+
+
+def objective_iodiff(model, images, masks, target, index, clean):
+    r"""eq. (F.2): :math:`F = -|g_c(f(x)) - g_c(f(x \odot s))| + |g_c(f(x)) - g_c(f(x \odot (1-s)))|`."""
+    inside, outside = _in_out_scores(model, images, masks, target, index)
+    return -(clean - inside).abs() + (clean - outside).abs()
+
+
+#: The objectives :math:`F` to maximize, per image (``[B]``), with :math:`s = n(\mathrm{up}(S_\ell(x;u)))`.
+#: Each is ``fn(model, images, masks, target, index, clean_score) -> [B]``.
+OBJECTIVE_FUNCTIONS = {
+    "mask": objective_mask,
+    "diff": objective_diff,
+    "iomask": objective_iomask,
+    "iodiff": objective_iodiff,
+}
+OBJECTIVES = tuple(OBJECTIVE_FUNCTIONS)
+
+
 def objective(
     kind: str,
     model: nn.Module,
@@ -71,40 +114,21 @@ def objective(
     index: torch.Tensor,
     clean_score: torch.Tensor,
 ) -> torch.Tensor:
-    r"""The objective :math:`F` to maximize, per image (``[B]``), with :math:`s = n(\mathrm{up}(S_\ell(x;u)))`:
-
-    - ``mask``   eq. (10):  :math:`F = g_c(f(x \odot s))`;
-    - ``diff``   eq. (19):  :math:`F = -|g_c(f(x)) - g_c(f(x \odot s))|`;
-    - ``iomask`` eq. (F.1): :math:`F = g_c(f(x \odot s)) - g_c(f(x \odot (1 - s)))`;
-    - ``iodiff`` eq. (F.2): :math:`F = -|g_c(f(x)) - g_c(f(x \odot s))| + |g_c(f(x)) - g_c(f(x \odot (1-s)))|`.
-
-    The "in/out" objectives forward both masked images in one batch.
-    """
-    if kind in ("mask", "diff"):
-        score = target(model(images * masks), index)
-        return score if kind == "mask" else -(clean_score - score).abs()
-    n = images.shape[0]
-    both = torch.cat([images * masks, images * (1 - masks)])
-    scores = target(model(both), torch.cat([index, index]))
-    inside, outside = scores[:n], scores[n:]
-    if kind == "iomask":
-        return inside - outside
-    return -(clean_score - inside).abs() + (clean_score - outside).abs()
+    """The objective named ``kind`` (one of :data:`OBJECTIVES`), per image ``[B]``."""
+    if kind not in OBJECTIVE_FUNCTIONS:
+        raise ValueError(f"unknown objective {kind!r}; valid choices: {', '.join(OBJECTIVES)}")
+    return OBJECTIVE_FUNCTIONS[kind](model, images, masks, target, index, clean_score)
 
 
 def _features(
-    model: nn.Module, layer: nn.Module, images: torch.Tensor, target: Target
+    model: nn.Module, layer: nn.Module | FeatureLayer, images: torch.Tensor, target: Target
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One clean forward pass: the layer's feature maps (detached) and the clean class scores."""
-    with torch.no_grad(), capture(layer) as cap:
-        logits = model(images)
-        if cap.output is None:
-            raise RuntimeError("the target layer was not called during the forward pass")
-        feats = cap.output.detach()
-    if feats.dim() != 4:
-        raise ValueError(
-            f"the target layer must output a [B, K, h, w] feature map, got shape {list(feats.shape)}"
-        )
+    """One clean forward pass: the layer's feature maps (detached) and the clean class scores.
+
+    Uses the shared capture path (:func:`paper_code.methods.hooks.forward_features`), which checks that
+    the layer ran exactly once and applies the layer's ``reshape_transform``.
+    """
+    feats, logits = forward_features(model, images, layer)
     index = torch.arange(images.shape[0], device=images.device)
     return feats.float().contiguous(), target(logits, index).detach()
 
@@ -138,7 +162,7 @@ def optimize(
     model: nn.Module,
     images: torch.Tensor,
     target: Target,
-    layer: nn.Module,
+    layer: nn.Module | FeatureLayer,
     *,
     iterations: int | None = None,
     lr: float = 0.1,
@@ -197,6 +221,7 @@ def optimize(
     size = tuple(images.shape[-2:])
     b = images.shape[0]
     device = images.device
+    fn = OBJECTIVE_FUNCTIONS[objective_kind]
     with frozen(model), channels_last(model, use_channels_last):
         feats, clean = _features(model, layer, images, target)
         if official:
@@ -206,18 +231,15 @@ def optimize(
         adam = _Adam(u, lr)
         trace = torch.full((iterations, b), float("nan"), device=device)
         done = torch.zeros(b, dtype=torch.long, device=device)  # updates received
-        active = torch.ones(b, dtype=torch.bool, device=device)
-        prev = torch.full((b,), float("nan"), device=device)
+        rule = OfficialStop(b, iterations, device) if official else PerImageStop(b, tol, device)
         shots: dict[int, torch.Tensor] = {}
         want = set(int(s) for s in snapshots)
         if 0 in want:
             shots[0] = saliency(u, feats, size, normalization).detach()
-        official_check = max(iterations // 10, 1)
-        official_prev: float | None = None
-        early_maps: torch.Tensor | None = None
+        final: torch.Tensor | None = None
         bar = tqdm(range(iterations), desc="Opti-CAM", disable=not progress, leave=False)
         for t in bar:
-            rows = active.nonzero()[:, 0] if not official else torch.arange(b, device=device)
+            rows = rule.rows()
             if rows.numel() == 0:
                 break
             ur = u[rows].clone().requires_grad_(True)
@@ -225,38 +247,22 @@ def optimize(
             with torch.autocast(
                 device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
             ):
-                f = objective(objective_kind, model, x[rows], masks, target, rows, clean[rows])
-            f = f.float()
-            loss = -f
-            trace[t, rows] = f.detach()
-            if official:
-                # Official rule (SPEC §7): batch-summed loss, checked every iterations//10 steps.
-                total = float(loss.detach().sum())
-                if t % official_check == 0:
-                    if official_prev is not None and total > official_prev:
-                        early_maps = masks.detach()
-                        break
-                    official_prev = total
-            else:
-                stop = (loss.detach() - prev[rows]).abs() < tol
-                prev[rows] = loss.detach()
-                if stop.any():
-                    active[rows[stop]] = False
-                    keep = ~stop
-                    rows, loss, ur_grad_rows = rows[keep], loss[keep], keep
-                else:
-                    ur_grad_rows = None
-                if rows.numel() == 0:
-                    break
-            (grad,) = torch.autograd.grad(loss.sum(), ur)
-            if not official and ur_grad_rows is not None:
-                grad = grad[ur_grad_rows]
-            adam.step(u, grad, rows)
-            done[rows] += 1
+                f = fn(model, x[rows], masks, target, rows, clean[rows])
+            loss = -f.float()
+            trace[t, rows] = -loss.detach()
+            keep = rule.update(t, rows, loss.detach())
+            if keep is None:  # the rule stops every image and returns this step's maps
+                final = masks.detach()
+                break
+            if not bool(keep.any()):
+                break
+            (grad,) = torch.autograd.grad(loss[keep].sum(), ur)
+            adam.step(u, grad[keep], rows[keep])
+            done[rows[keep]] += 1
             if (t + 1) in want:
                 shots[t + 1] = saliency(u, feats, size, normalization).detach()
         bar.close()
-        maps = early_maps if early_maps is not None else saliency(u, feats, size, normalization)
+        maps = final if final is not None else saliency(u, feats, size, normalization)
     return OptiCAMResult(
         maps=maps.detach().contiguous(),
         trace=trace,
@@ -266,12 +272,65 @@ def optimize(
     )
 
 
-@register("opticam")
+class PerImageStop:
+    r"""The paper's stopping rule, applied per image (project default 9, App. A).
+
+    Image i stops at iteration t when :math:`|L_i(t) - L_i(t-1)| < \mathrm{tol}` and keeps the u that
+    produced :math:`L_i(t)`; stopped images leave the batch and receive no further Adam update, so an
+    image's map does not depend on its batch-mates.
+    """
+
+    def __init__(self, b: int, tol: float, device: torch.device) -> None:
+        self.tol = tol
+        self.active = torch.ones(b, dtype=torch.bool, device=device)
+        self.prev = torch.full((b,), float("nan"), device=device)
+
+    def rows(self) -> torch.Tensor:
+        return self.active.nonzero()[:, 0]
+
+    def update(self, t: int, rows: torch.Tensor, loss: torch.Tensor) -> torch.Tensor | None:
+        """Record the losses of ``rows``; return the mask (over ``rows``) of images that take a step."""
+        stop = (loss - self.prev[rows]).abs() < self.tol
+        self.prev[rows] = loss
+        self.active[rows[stop]] = False
+        return ~stop
+
+
+class OfficialStop:
+    """The official code's rule (SPEC §7): one Adam over the batch-summed loss, and every
+    ``iterations // 10`` steps the whole batch stops if the summed loss rose since the previous check,
+    returning the maps of that step's forward pass. Results then depend on the batch."""
+
+    def __init__(self, b: int, iterations: int, device: torch.device) -> None:
+        self.all = torch.arange(b, device=device)
+        self.every = max(iterations // 10, 1)
+        self.previous: float | None = None
+
+    def rows(self) -> torch.Tensor:
+        return self.all
+
+    def update(self, t: int, rows: torch.Tensor, loss: torch.Tensor) -> torch.Tensor | None:
+        if t % self.every == 0:
+            total = float(loss.sum())
+            if self.previous is not None and total > self.previous:
+                return None
+            self.previous = total
+        return torch.ones_like(rows, dtype=torch.bool)
+
+
+@register(
+    "opticam",
+    paper_name="Opti-CAM",
+    kind="optimization",
+    needs_layer=True,
+    defaults={"iterations": 100, "lr": 0.1, "objective": "mask", "normalization": "range"},
+    differentiable=True,
+)
 def opticam(
     model: nn.Module,
     images: torch.Tensor,
     target: Target,
-    layer: nn.Module,
+    layer: nn.Module | FeatureLayer,
     *,
     iterations: int | None = None,
     lr: float = 0.1,

@@ -1,0 +1,31 @@
+"""Layer 2: every saliency method behind one registry and one call, :func:`explain`.
+
+Importing this package registers the methods of every family: Opti-CAM (:mod:`.opticam`), the CAM
+baselines and Fake-CAM (:mod:`.cams`). :data:`METHODS` maps each id to its :class:`MethodSpec`
+(paper name, kind, whether it needs a layer, default options); tables, notebooks and the command
+line read it.
+"""
+
+from __future__ import annotations
+
+from . import cams, opticam  # noqa: F401  (importing registers the methods)
+from .explain import check_images, explain, resolve_layer
+from .hooks import FeatureLayer, tokens_to_grid
+from .registry import METHODS, MethodSpec, get_method, method_for_paper_name, paper_names
+
+#: ``{id: paper name}`` of every registered method (derived from :data:`METHODS`).
+PAPER_NAMES = paper_names()
+
+__all__ = [
+    "METHODS",
+    "PAPER_NAMES",
+    "FeatureLayer",
+    "MethodSpec",
+    "check_images",
+    "explain",
+    "get_method",
+    "method_for_paper_name",
+    "paper_names",
+    "resolve_layer",
+    "tokens_to_grid",
+]

@@ -1,0 +1,137 @@
+"""One entry point for every saliency method: :func:`explain`.
+
+``explain(method, model, images, targets) -> Tensor[B, 1, H, W]`` in [0, 1], on the images' device.
+Works with the classifiers of :func:`paper_code.load_model` and with any ``nn.Module`` that maps
+``[B, 3, H, W]`` images in [0, 1] to logits (layer-based methods then need ``layer=``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .hooks import FeatureLayer, ReshapeTransform
+from .registry import get_method
+from .targets import Target, resolve_targets
+
+
+def check_images(images: torch.Tensor, model: nn.Module | None = None) -> None:
+    """Raise a clear error unless ``images`` is a float ``[B, 3, H, W]`` tensor in [0, 1]."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor [B, 3, H, W], got {type(images).__name__}")
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(
+            f"images must have shape [B, 3, H, W] (a batch of RGB images), got {list(images.shape)}; "
+            "add a batch dimension with images[None] for a single image"
+        )
+    if not images.is_floating_point():
+        raise TypeError(
+            f"images must be floating point in [0, 1], got dtype {images.dtype}; "
+            "convert uint8 images with images.float() / 255"
+        )
+    if images.numel() and (images.min() < -1e-4 or images.max() > 1 + 1e-4):
+        raise ValueError(
+            f"images must be in [0, 1] pixel space (the model standardizes internally), got values in "
+            f"[{images.min().item():.3g}, {images.max().item():.3g}]; do not pass standardized tensors"
+        )
+    if model is not None:
+        p = next(iter(model.parameters()), None)
+        if p is not None and p.device != images.device:
+            raise ValueError(
+                f"images are on {images.device} but the model is on {p.device}; move them with .to()"
+            )
+
+
+def resolve_layer(
+    model: nn.Module,
+    layer: str | nn.Module | FeatureLayer | None,
+    reshape_transform: ReshapeTransform | None = None,
+    method: str = "this method",
+) -> FeatureLayer:
+    """The feature layer to hook: a module, a dotted name in the model, or the model's default.
+
+    ``paper_code`` classifiers resolve names in their ``net`` and default to the paper's layer (and
+    carry their own ``reshape_transform`` for transformers); any other module resolves dotted names
+    with ``get_submodule`` and has no default.
+    """
+    if isinstance(layer, FeatureLayer):
+        return layer
+    if reshape_transform is None:
+        reshape_transform = getattr(model, "reshape_transform", None)
+    if hasattr(model, "get_layer"):
+        return FeatureLayer(model.get_layer(layer), reshape_transform)
+    if isinstance(layer, nn.Module):
+        return FeatureLayer(layer, reshape_transform)
+    if isinstance(layer, str):
+        try:
+            return FeatureLayer(model.get_submodule(layer), reshape_transform)
+        except AttributeError:
+            names = [n for n, _ in model.named_modules() if n][:20]
+            raise ValueError(
+                f"the model has no layer {layer!r}; its layers include: {', '.join(names)}"
+            ) from None
+    raise ValueError(
+        f"{method} needs a feature layer: pass layer=<nn.Module or dotted name> for models that are "
+        "not paper_code classifiers"
+    )
+
+
+def num_classes_of(model: nn.Module, images: torch.Tensor) -> int:
+    """The number of classes: the model's ``num_classes`` or the width of its logits."""
+    n = getattr(model, "num_classes", None)
+    if n is None:
+        with torch.no_grad():
+            n = model(images[:1]).shape[1]
+    return int(n)
+
+
+def explain(
+    method: str,
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: int | Sequence[int] | torch.Tensor | Target | None = None,
+    *,
+    layer: str | nn.Module | FeatureLayer | None = None,
+    reshape_transform: ReshapeTransform | None = None,
+    **options,
+) -> torch.Tensor:
+    """Saliency maps of ``method`` for ``images`` and their ``targets``.
+
+    Args:
+        method: an id of :data:`paper_code.methods.METHODS` (``python -m paper_code list`` shows them
+            with their paper names and kinds).
+        model: a :class:`paper_code.models.Classifier` or any ``nn.Module`` mapping ``[B, 3, H, W]``
+            images in [0, 1] to logits ``[B, C]``.
+        images: ``[B, 3, H, W]`` float in [0, 1], on the model's device.
+        targets: class indices (int, sequence or ``[B]`` tensor), ``None`` for the predicted class,
+            or a target callable ``target(logits, index) -> scores`` (see
+            :mod:`paper_code.methods.targets`).
+        layer: the feature layer of layer-based methods (module or dotted name); default: the
+            paper's layer of a ``paper_code`` classifier. Ignored by methods that need no layer.
+        reshape_transform: turns the layer's output into ``[B, K, h, w]`` feature maps (e.g.
+            :func:`paper_code.methods.hooks.tokens_to_grid` for ViT tokens); ``paper_code``
+            transformers carry their own.
+        **options: method-specific options (see each method's docstring).
+
+    Returns:
+        ``[B, 1, H, W]`` maps in [0, 1].
+    """
+    spec = get_method(method)
+    check_images(images, model)
+    target = resolve_targets(model, images, targets, num_classes_of(model, images))
+    family = getattr(model, "family", None)
+    if family is not None and family not in spec.families:
+        raise ValueError(
+            f"{method} is not defined for {family} models (the paper runs it on: "
+            f"{', '.join(spec.families)})"
+        )
+    feature_layer = (
+        resolve_layer(model, layer, reshape_transform, method) if spec.needs_layer else None
+    )
+    params = inspect.signature(spec.fn).parameters
+    if "progress" in options and "progress" not in params:
+        options.pop("progress")  # single-pass methods have no loop to report on
+    return spec.fn(model, images, target, feature_layer, **options)

@@ -1,0 +1,67 @@
+r"""Evaluation metrics of the paper (SPEC §3), batched and in pure torch on the model's device.
+
+Conventions shared by every metric:
+
+* Images are ``[B, 3, H, W]`` in **[0, 1] pixel space** and maps ``[B, 1, H, W]`` in [0, 1]. Masking is
+  :math:`x \odot S` on the [0, 1] image, *before* the model's own standardization (SPEC §3.1), so a
+  masked pixel is black. Use :func:`paper_code.models.without_standardization` for Table A.14.
+* Every function returns **per-image** values (a ``[B]`` tensor, or a dict of them); the paper's number
+  is their mean (:func:`summarize`). Values are in % where the paper reports %.
+* Probabilities are ``softmax`` of the model's logits, computed in float64 so that :math:`1 - p` stays
+  accurate for confident predictions (a project choice; the paper is silent).
+* Forward passes run in chunks of ``batch_size`` images under ``torch.inference_mode``; ``progress=True``
+  shows a tqdm bar (off by default).
+* :data:`METRICS` declares each metric's direction, unit and equation, Quantus-style.
+
+Localization metrics (Appendix B) live in :mod:`paper_code.metrics.localization` and are re-exported here.
+"""
+
+from __future__ import annotations
+
+from .common import (
+    METRICS,
+    MetricInfo,
+    class_probs,
+    default_batch_size,
+    mask_images,
+    selectivity,
+    summarize,
+)
+from .faithfulness import aopc, blur_substrate, classification, insertion_deletion, saliency_ranks
+from .localization import (
+    box_accuracy,
+    box_crop_probs,
+    box_mask,
+    box_variants,
+    largest_component_box,
+    localization,
+    predicted_boxes,
+    summarize_localization,
+)
+from .robustness import adcc, max_sensitivity, uniform_perturbation
+
+__all__ = [
+    "METRICS",
+    "MetricInfo",
+    "adcc",
+    "aopc",
+    "blur_substrate",
+    "box_accuracy",
+    "box_crop_probs",
+    "box_mask",
+    "box_variants",
+    "class_probs",
+    "classification",
+    "default_batch_size",
+    "insertion_deletion",
+    "largest_component_box",
+    "localization",
+    "mask_images",
+    "max_sensitivity",
+    "predicted_boxes",
+    "saliency_ranks",
+    "selectivity",
+    "summarize",
+    "summarize_localization",
+    "uniform_perturbation",
+]

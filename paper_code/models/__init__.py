@@ -1,0 +1,36 @@
+"""Layer 1 (models): classifiers with their input standardization inside, and how to load them.
+
+:func:`load_model` returns a :class:`Classifier` that takes ``[B, 3, H, W]`` images in [0, 1].
+"""
+
+from __future__ import annotations
+
+from .cnn import (
+    EFFLITE_MEAN,
+    EFFLITE_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Classifier,
+    Standardize,
+    WeightsUnavailableError,
+    fold_batchnorm,
+    fuse_for_inference,
+    imagenet_categories,
+    load_model,
+    without_standardization,
+)
+
+__all__ = [
+    "EFFLITE_MEAN",
+    "EFFLITE_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "Classifier",
+    "Standardize",
+    "WeightsUnavailableError",
+    "fold_batchnorm",
+    "fuse_for_inference",
+    "imagenet_categories",
+    "load_model",
+    "without_standardization",
+]

@@ -1,0 +1,126 @@
+"""What every table page shares: the paper's values, the comparison beside ours, provenance."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from importlib import metadata, resources
+from typing import Any
+
+import pandas as pd
+
+from .notebooks import REPO_ROOT
+
+#: The paper's network for each of our models (used to pick reference numbers).
+PAPER_NETWORK = {
+    "resnet50": "resnet50",
+    "vgg16_bn": "vgg16",
+    "efficientnet_lite0": "resnet50",
+    "tiny": "resnet50",
+}
+
+
+def paper_table(name: str) -> pd.DataFrame:
+    """The paper's values for table ``name`` (``table1`` ... ``tableA14``) as a tidy DataFrame:
+    ``table, dataset, network, method, variant, metric, value, direction`` (``value`` float,
+    NaN where the paper prints "–"). See ``paper_code/reproduce/paper_tables/README.md``."""
+    ref = resources.files("paper_code.reproduce") / "paper_tables" / f"{name}.csv"
+    if not ref.is_file():
+        raise FileNotFoundError(f"no paper table {name!r}")
+    with resources.as_file(ref) as path:
+        df = pd.read_csv(path, dtype={"value": str}, keep_default_na=False)
+    df["value"] = pd.to_numeric(df["value"].replace("", float("nan")))
+    return df
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(
+            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def provenance(
+    start: float | None = None, device: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    """What ran, for captions: package versions, git commit, device, date and wall time.
+
+    Args:
+        start: ``time.time()`` at the start of the notebook; gives ``wall_time_s``.
+        device: the torch device string used (``cpu``, ``cuda``, ``cuda:1``).
+        **extra: anything else to record (model, dataset, number of images, ...).
+    """
+    import torch
+
+    commit = _git("rev-parse", "--short=12", "HEAD") or "unknown"
+    if commit != "unknown" and _git("status", "--porcelain", "--untracked-files=no"):
+        commit += "+dirty"
+    if device and device.startswith("cuda") and torch.cuda.is_available():
+        hardware = torch.cuda.get_device_name(torch.device(device))
+    else:
+        hardware = f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
+    info: dict[str, Any] = {
+        **extra,
+        "device": device or "cpu",
+        "hardware": hardware,
+        "python": platform.python_version(),
+        "paper_code": _version("paper_code"),
+        "torch": torch.__version__,
+        "torchvision": _version("torchvision"),
+        "git_commit": commit,
+        "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    if start is not None:
+        info["wall_time_s"] = round(time.time() - start, 1)
+    return info
+
+
+def format_provenance(info: Mapping[str, Any]) -> str:
+    """One line for a caption: ``key: value; ...``."""
+    return "; ".join(f"{k}: {v}" for k, v in info.items())
+
+
+def compare_with_paper(
+    ours: pd.DataFrame,
+    table: str,
+    metrics: Sequence[str],
+    index: Sequence[str] = ("model", "method"),
+) -> pd.DataFrame:
+    """Our summary beside the paper's values.
+
+    ``ours``: one row per (model, method) with a column per metric (our ``model`` names; ``method``
+    in the paper's spelling, e.g. ``Opti-CAM``). Returns a frame indexed like ``ours`` with columns
+    ``(metric, "ours" | "paper" | "diff")``; the paper's network for each model is
+    :data:`PAPER_NETWORK` (e.g. EfficientNet-Lite0 is shown against the paper's ResNet50).
+    """
+    paper = paper_table(table)
+    paper = paper[(paper["variant"] == "") & paper["metric"].isin(metrics)]
+    ref = paper.pivot_table(index=["network", "method"], columns="metric", values="value")
+    cols = {}
+    for m in metrics:
+        mine = ours.set_index(list(index))[m]
+        theirs = [
+            ref[m].get((PAPER_NETWORK.get(str(model), str(model)), meth), math.nan)
+            if m in ref
+            else math.nan
+            for model, meth in mine.index
+        ]
+        cols[(m, "ours")] = mine.to_numpy()
+        cols[(m, "paper")] = theirs
+        cols[(m, "diff")] = mine.to_numpy() - pd.Series(theirs, dtype=float).to_numpy()
+    out = pd.DataFrame(cols, index=mine.index)
+    out.columns = pd.MultiIndex.from_tuples(out.columns, names=["metric", ""])
+    return out
