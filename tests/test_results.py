@@ -107,8 +107,14 @@ def test_result_table_append_done_read(tmp_path) -> None:
     df = table.read()
     assert list(df.columns) == ["model", "method", "id", "AD", "AI"]
     assert df["AD"].tolist() == [0.5, 0.25, 1.0]
-    with pytest.raises(ValueError, match="not in the header"):
-        table.append([{"id": "3", "new": 1}])
+    # A new column (a later version of a notebook records more) extends the header; old rows keep
+    # empty cells and nothing is lost.
+    table.append([{"id": "3", "method": "a", "new": 1}])
+    df = table.read()
+    assert list(df.columns) == ["model", "method", "id", "AD", "AI", "new"]
+    assert len(df) == 4 and df["id"].iloc[-1] == "3"
+    assert df["new"].isna().sum() == 3 and df["new"].iloc[-1] == 1
+    assert table.done_ids(method="a") == {"1", "2", "3"}
 
 
 def test_result_table_repairs_truncated_line_and_dedupes(tmp_path) -> None:

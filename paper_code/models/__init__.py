@@ -17,6 +17,7 @@ from .cnn import (
     fuse_for_inference,
     imagenet_categories,
     load_model,
+    weights_identity,
     without_standardization,
 )
 
@@ -32,5 +33,6 @@ __all__ = [
     "fuse_for_inference",
     "imagenet_categories",
     "load_model",
+    "weights_identity",
     "without_standardization",
 ]

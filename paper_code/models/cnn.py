@@ -56,6 +56,9 @@ class Classifier(nn.Module):
         target_layer_name: its dotted name in ``net``.
         transform: PIL image -> ``[3, 224, 224]`` float tensor in [0, 1] (Resize 256, CenterCrop 224).
         categories: class names, index = class id.
+        family: ``"cnn"`` or ``"vit"`` (methods declare the families they run on).
+        reshape_transform: turns the target layer's output into ``[B, K, h, w]`` feature maps
+            (``None`` for CNNs; tokens to a grid for transformers).
     """
 
     def __init__(
@@ -66,9 +69,15 @@ class Classifier(nn.Module):
         target_layer_name: str,
         categories: Sequence[str],
         input_size: int = 224,
+        family: str = "cnn",
+        reshape_transform=None,
     ) -> None:
         super().__init__()
         self.name = name
+        #: Identity of the weights (set by :func:`load_model`; part of every cache key).
+        self.weights_id = "unknown"
+        self.family = family
+        self.reshape_transform = reshape_transform
         self.standardize = standardize
         self.net = net
         self.target_layer_name = target_layer_name
@@ -381,11 +390,24 @@ def fuse_for_inference(model: Classifier) -> Classifier:
     return model
 
 
+def _timm_vit(name: str):
+    """Builder of a vision transformer of :mod:`paper_code.models.vit` (imported lazily: timm)."""
+
+    def build(weights: str | os.PathLike | None) -> Classifier:
+        from .vit import BUILDERS
+
+        return BUILDERS[name](weights)
+
+    return build
+
+
 _BUILDERS = {
     "efficientnet_lite0": _efficientnet_lite0,
     "resnet50": _resnet50,
     "vgg16_bn": _vgg16_bn,
     "tiny": _tiny,
+    "vit_base_patch16_224": _timm_vit("vit_base_patch16_224"),
+    "deit_base_patch16_224": _timm_vit("deit_base_patch16_224"),
 }
 
 
@@ -394,6 +416,7 @@ def load_model(
     weights: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     fuse: bool = True,
+    num_classes: int | None = None,
 ) -> Classifier:
     """Load a classifier by name, in eval mode, on ``device``.
 
@@ -402,6 +425,13 @@ def load_model(
             ``resnet50`` and ``vgg16_bn`` use torchvision's IMAGENET1K_V1 weights (cached or downloaded).
         weights: ``None`` for the pretrained default, a path to a saved state dict (loaded with
             ``weights_only=True``), or ``"random"`` for random initialization (timing, sanity checks).
+            A fine-tuned checkpoint written by ``python -m paper_code finetune``
+            (:mod:`paper_code.finetune`; its ``format`` entry says so) is recognized: the final
+            layer gets the checkpoint's number of classes and ``model.categories`` its class names.
+        num_classes: replace the final linear layer by a new one with this many outputs (fresh
+            initialization from the global torch RNG, classes named ``class_<i>``), as the
+            fine-tuning does; with a fine-tuned checkpoint it must match the checkpoint's
+            (``None``: take it from the checkpoint).
         device: where to put the model.
         fuse: fold batch norms into convolutions (:func:`fuse_for_inference`): same outputs up to
             float rounding, faster (Opti-CAM's forward + backward about 1.4x on a CPU). ``False``
@@ -415,7 +445,64 @@ def load_model(
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}")
     if torch.device(device).type == "cpu":
         tune_cpu_allocator()
-    model = _BUILDERS[name](weights)
+    finetuned = None
+    if weights not in (None, "random") and Path(weights).is_file():
+        try:  # mmap: only the entries read are loaded
+            obj = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
+        except (RuntimeError, ValueError):  # legacy (non-zip) files cannot be memory-mapped
+            obj = torch.load(weights, map_location="cpu", weights_only=True)
+        if isinstance(obj, dict) and str(obj.get("format", "")).startswith("paper_code.finetune"):
+            finetuned = obj
+            if obj["arch"] != name:
+                raise ValueError(f"{weights} is a fine-tuned {obj['arch']!r}, not a {name!r}")
+            if num_classes is not None and num_classes != obj["num_classes"]:
+                raise ValueError(
+                    f"{weights} has {obj['num_classes']} classes {obj['categories']}, "
+                    f"not num_classes={num_classes}"
+                )
+            num_classes = int(obj["num_classes"])
+    model = _BUILDERS[name]("random" if finetuned is not None else weights)
+    if num_classes is not None:  # new final layer: the last nn.Linear of the network
+        head = [n for n, m in model.net.named_modules() if isinstance(m, nn.Linear)][-1]
+        parent, _, child = head.rpartition(".")
+        old = model.net.get_submodule(head)
+        setattr(model.net.get_submodule(parent), child, nn.Linear(old.in_features, num_classes))
+        model.categories = [f"class_{i}" for i in range(num_classes)]
+    if finetuned is not None:
+        model.net.load_state_dict(finetuned["state_dict"])
+        model.categories = list(finetuned["categories"])
+    model.weights_id = weights_identity(weights)
+    if num_classes is not None and finetuned is None:
+        model.weights_id += f"+new-head-{num_classes}"
     if fuse:
         fuse_for_inference(model)
     return model.to(device).eval()
+
+
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def weights_identity(weights: str | os.PathLike | None) -> str:
+    """What identifies the weights a model was loaded with, for cache keys.
+
+    ``None`` (the published default of the architecture) -> ``"default"``, ``"random"`` ->
+    ``"random"``, a file -> ``"sha256:<first 16 hex digits of its content>"`` (computed once per path,
+    size and modification time): two weights files never share cached maps or result rows, and the
+    same file under another name does.
+    """
+    if weights is None:
+        return "default"
+    if str(weights) == "random":
+        return "random"
+    path = Path(weights).resolve()
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        import hashlib
+
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _HASHES[key] = "sha256:" + h.hexdigest()[:16]
+    return _HASHES[key]

@@ -21,23 +21,10 @@ import torch
 from tqdm import tqdm
 
 from ..data import collate, load_dataset
-from ..methods import explain
+from ..methods import explain, get_method
 from ..methods.cams import scorecam_classes
 from ..models import Classifier, load_model
-from .results import MapCache, ResultTable
-
-#: The CAM methods of Table 1 that run on CNNs, in the paper's row order.
-TABLE1_METHODS = (
-    "fakecam",
-    "gradcam",
-    "gradcampp",
-    "scorecam",
-    "ablationcam",
-    "xgradcam",
-    "layercam",
-    "hirescam",
-    "opticam",
-)
+from .results import MapCache, ResultTable, key_hash
 
 #: How the class to explain is chosen (Table A.9 uses the last four).
 TARGET_RULES = ("ground_truth", "most_probable", "second_most_probable", "least_probable")
@@ -127,16 +114,61 @@ def target_classes(batch: Batch, rule: str = "ground_truth") -> torch.Tensor:
     raise ValueError(f"unknown target rule {rule!r}; valid: {', '.join(TARGET_RULES)}")
 
 
+def model_key(model: Classifier) -> dict:
+    """What identifies the network a result came from: architecture, weights, inference form and
+    whether it standardizes its input (Table A.14 switches that off)."""
+    return {
+        "model": model.name,
+        "weights": getattr(model, "weights_id", "unknown"),
+        "fused": bool(getattr(model, "fused", False)),
+        "standardized": bool(model.standardize.enabled),
+    }
+
+
+def method_options(
+    params: Mapping[str, Any], method: str, iterations: int | None = None
+) -> dict[str, Any]:
+    """The options a notebook passes to ``method``: Opti-CAM's iteration count (``iterations``, or
+    the given one) and whatever the ``method_options`` parameter sets for it (e.g. fewer LIME samples
+    in the ``smoke`` profile, ``{"lime": {"num_samples": 50}}``). Every option enters the cache key."""
+    options: dict[str, Any] = {}
+    if method == "opticam":
+        options["iterations"] = int(iterations or params.get("iterations") or 100)
+    options.update((params.get("method_options") or {}).get(method, {}))
+    return options
+
+
 def map_key(model: Classifier, method: str, target_rule: str, options: Mapping[str, Any]) -> dict:
-    """What identifies a set of cached maps."""
+    """What identifies a set of cached maps: the method and every option that changes its maps
+    (iterations, objective, normalization, layer, ...), the class rule and the network
+    (:func:`model_key`: weights file and inference form included)."""
+    spec = get_method(method)
     return {
         "method": method,
-        "model": model.name,
-        "layer": options.get("layer") or model.target_layer_name,
-        "standardized": bool(model.standardize.enabled),
+        **model_key(model),
+        "layer": (options.get("layer") or model.target_layer_name) if spec.needs_layer else None,
         "target": target_rule,
         "options": {k: v for k, v in sorted(options.items()) if k not in ("layer", "progress")},
     }
+
+
+def result_key(
+    model: Classifier,
+    method: str,
+    target_rule: str = "ground_truth",
+    options: Mapping[str, Any] | None = None,
+    **settings: Any,
+) -> dict:
+    """What identifies a row of a result table: the maps' key plus the settings of the metric and the
+    table (``settings``, e.g. insertion step, noise samples, variant). Every notebook keys its rows
+    with :func:`config_id` of this, so a rerun with any changed parameter computes new rows instead
+    of reusing stale ones."""
+    return {"maps": map_key(model, method, target_rule, dict(options or {})), "settings": settings}
+
+
+def config_id(key: Mapping[str, Any]) -> str:
+    """Short stable hash of a :func:`result_key` (the ``config`` column of the result tables)."""
+    return key_hash(key, 12)
 
 
 def cached_maps(

@@ -124,3 +124,46 @@ def compare_with_paper(
     out = pd.DataFrame(cols, index=mine.index)
     out.columns = pd.MultiIndex.from_tuples(out.columns, names=["metric", ""])
     return out
+
+
+def caption(run: Any, title: str, what: str, extra: str = "", **record: Any) -> str:
+    """The provenance caption under a table: what ran, on what, with which code; also writes
+    ``<name>_provenance.json`` next to the rows.
+
+    ``run`` is a :class:`paper_code.reproduce.tables.TableRun` (its parameters, start time, output
+    folder and data); ``record`` adds table-specific settings (e.g. ``opticam_iterations=50``).
+    """
+    p = run.params
+    models = list(p.get("models") or [])
+    n = len(run.data) if run.data is not None else p.get("n_images")
+    info = provenance(
+        run.start,
+        p.get("device", "cpu"),
+        models=", ".join(models),
+        dataset=p.get("dataset"),
+        images=n,
+        opticam_iterations=p.get("iterations"),
+        batch_size=p.get("batch_size"),
+        profile=p.get("profile"),
+        **record,
+    )
+    (run.out / f"{run.name}_provenance.json").write_text(pd.Series(info).to_json(indent=2))
+    comparable = all(run.comparable(m) for m in models)
+    note = (
+        ""
+        if comparable
+        else " **Not comparable with the paper in absolute terms:** another network and/or a few "
+        "sample images; the *rank* columns compare our ranking of the methods with the paper's."
+    )
+    settings = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in record.items())
+    return (
+        f"**{title} (reproduction).** {what}; *ours* with its 95% bootstrap interval over images "
+        f"beside the paper's value. {n} images of `{p.get('dataset')}`, networks "
+        f"{', '.join(models)}, Opti-CAM {p.get('iterations')} iterations"
+        f"{', ' + settings if settings else ''}, device `{info['device']}` ({info['hardware']}). "
+        f"paper_code {info['paper_code']}, torch {info['torch']}, torchvision {info['torchvision']}, "
+        f"Python {info['python']}, git {info['git_commit']}, {info['date_utc']}, notebook wall "
+        f"time {info.get('wall_time_s', 0):.0f} s. Rows marked *paper only* are methods "
+        f"paper_code does not implement; '–' under *ours*: not run (see the `methods` parameter)."
+        f"{extra}{note}"
+    )

@@ -261,9 +261,10 @@ class ResultTable:
             columns = list(rows[0])
             for r in rows[1:]:
                 columns += [c for c in r if c not in columns]
-        unknown = sorted({c for r in rows for c in r} - set(columns))
-        if unknown:
-            raise ValueError(f"{self.path}: columns {unknown} are not in the header {columns}")
+        unknown = [c for r in rows for c in r if c not in columns]
+        if unknown and not new_file:
+            columns = columns + list(dict.fromkeys(unknown))
+            self._extend_header(columns)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns, restval="", lineterminator="\n")
@@ -274,6 +275,25 @@ class ResultTable:
             f.flush()
             os.fsync(f.fileno())
         return len(rows)
+
+    def _extend_header(self, columns: list[str]) -> None:
+        """Rewrite the file with more columns (old rows get empty cells); atomic, like every write."""
+        with open(self.path, newline="") as f:
+            old = list(csv.DictReader(f))
+        fd, tmp = tempfile.mkstemp(
+            dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
+        )
+        try:
+            with os.fdopen(fd, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=columns, restval="", lineterminator="\n")
+                writer.writeheader()
+                writer.writerows(old)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     def done_ids(self, **where: Any) -> set[str]:
         """Ids of the rows whose columns equal ``where`` (compared as text), e.g.

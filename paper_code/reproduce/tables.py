@@ -1,0 +1,518 @@
+"""What every table notebook shares: which methods it runs, resumable rows keyed by the full
+configuration, summaries with confidence intervals, and the comparison beside the paper.
+
+A notebook keeps only what is specific to its table (the metric it computes, the variants it sweeps,
+its prose); the bookkeeping is here:
+
+>>> run = TableRun("table1", params, ["AD", "AG", "AI"])            # doctest: +SKIP
+>>> model, data, cache = run.setup("efficientnet_lite0")           # doctest: +SKIP
+>>> for method in run.methods(model):                               # doctest: +SKIP
+...     run.run(model, data, cache, method)                         # doctest: +SKIP
+>>> per_image = run.collect(data)                                   # doctest: +SKIP
+>>> summary = run.summarize(per_image)                              # doctest: +SKIP
+
+Rows are keyed by :func:`paper_code.reproduce.experiments.config_id` of the full configuration
+(method options, iterations, objective, normalization, layer, target rule, weights, model form and
+the table's own settings), so rerunning with a changed parameter into the same folder computes new
+rows and never shows stale ones.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from ..methods import METHODS, PAPER_NAMES, method_for_paper_name
+from ..metrics import METRICS, classification
+from . import experiments as ex
+from .paper import PAPER_NETWORK, paper_table
+from .results import ResultTable
+
+#: Score function of a table: ``score(model, batch, maps) -> {column: [B] values}``.
+ScoreFn = Callable[[Any, "ex.Batch", torch.Tensor], Mapping[str, Any]]
+
+#: The paper's network name of each model family column (Tables 2, 3 and A.8 use the transformers).
+TRANSFORMER_NETWORK = {"vit_base_patch16_224": "vit_b", "deit_base_patch16_224": "deit_b"}
+
+
+def arrow(metric: str) -> str:
+    """↑ or ↓ from the metric's declared direction (:data:`paper_code.metrics.METRICS`)."""
+    info = METRICS.get(metric)
+    if info is None:
+        return ""
+    return "↑" if info.direction == "higher" else "↓"
+
+
+def paper_network(model_name: str) -> str:
+    """The paper's network whose numbers a model is shown against."""
+    return TRANSFORMER_NETWORK.get(model_name) or PAPER_NETWORK.get(model_name, "resnet50")
+
+
+def paper_methods(table: str, network: str) -> list[str]:
+    """The paper's row labels of ``table`` for ``network``, in the paper's order."""
+    ref = paper_table(table)
+    ref = ref[ref["network"] == network]
+    return list(dict.fromkeys(ref["method"]))
+
+
+def table_methods(
+    table: str, network: str, family: str = "cnn", selected: Sequence[str] | None = None
+) -> tuple[list[str], list[str]]:
+    """``(ids, paper_only)``: the registered methods the paper has in ``table`` for ``network``, in
+    the paper's row order (restricted to ``selected`` when given), and the paper's rows that
+    ``paper_code`` cannot compute (shown as paper-only, never dropped)."""
+    ids, missing = [], []
+    for name in paper_methods(table, network):
+        mid = method_for_paper_name(name)
+        if mid is None or family not in METHODS[mid].families:
+            if mid is None and not name.startswith("S :="):
+                missing.append(name)
+            continue
+        if selected is None or mid in selected:
+            ids.append(mid)
+    return ids, missing
+
+
+def classification_scores(model, batch, maps) -> dict[str, torch.Tensor]:
+    """AD / AG / AI (%) of the ground-truth class, eqs. (13)-(15)."""
+    r = classification(model, batch.images, maps, batch.labels)
+    return {m: r[m] for m in ("AD", "AG", "AI")}
+
+
+class TableRun:
+    """Bookkeeping of one table notebook: rows file, configurations run, summaries.
+
+    Args:
+        name: the notebook / paper table name (``table1``, ``tableA12`` ...).
+        params: the notebook's parameters (``models``, ``dataset``, ``root``, ``n_images``,
+            ``methods``, ``iterations``, ``device``, ``batch_size``, ``seed``, ``output_dir``,
+            ``cache_dir``, and optionally ``study_iterations``, ``n_boot``).
+        metrics: the metric columns of the table.
+    """
+
+    def __init__(self, name: str, params: Mapping[str, Any], metrics: Sequence[str]) -> None:
+        self.name = name
+        self.params = dict(params)
+        self.metrics = list(metrics)
+        self.start = time.time()
+        self.out = Path(self.params.get("output_dir") or "_build/results")
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.table = ResultTable(self.out / f"{name}_rows.csv")
+        self.configs: dict[str, dict] = {}
+        self.data = None
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, model_name: str):
+        """``(model, data, cache)`` from the parameters (see :func:`experiments.setup`)."""
+        model, data, cache, _ = ex.setup(self.params, model_name)
+        self.data = data
+        return model, data, cache
+
+    def methods(self, model, table: str | None = None) -> list[str]:
+        """The paper's methods of this table for ``model``'s network, as selected by ``methods``."""
+        ids, _ = table_methods(
+            table or self.name,
+            paper_network(model.name),
+            getattr(model, "family", "cnn"),
+            self.params.get("methods"),
+        )
+        return ids
+
+    def paper_only(self, model, table: str | None = None) -> list[str]:
+        """The paper's rows of this table that ``paper_code`` cannot compute."""
+        return table_methods(
+            table or self.name, paper_network(model.name), getattr(model, "family", "cnn")
+        )[1]
+
+    def options(self, method: str, iterations: int | None = None) -> dict[str, Any]:
+        """Options of ``method`` in the notebooks (:func:`experiments.method_options`)."""
+        return ex.method_options(self.params, method, iterations)
+
+    # ------------------------------------------------------------------ rows
+    def run(
+        self,
+        model,
+        data,
+        cache,
+        method: str,
+        *,
+        variant: str = "",
+        options: Mapping[str, Any] | None = None,
+        target_rule: str = "ground_truth",
+        score: ScoreFn | None = None,
+        settings: Mapping[str, Any] | None = None,
+        key_extra: Mapping[str, Any] | None = None,
+        maps_fn: Callable[[Any], tuple[torch.Tensor, list[float]]] | None = None,
+    ) -> str:
+        """Compute (or resume) the rows of one configuration; returns its ``config`` id.
+
+        ``score(model, batch, maps)`` gives the metric columns (default AD/AG/AI); ``settings``
+        are the table's own parameters that change the values (they enter the key); ``maps_fn``
+        replaces the cached maps of ``method`` (e.g. a box mask), keyed by ``settings``.
+        """
+        options = dict(self.options(method) if options is None else options)
+        settings = {"variant": variant, **dict(settings or {})}
+        key = ex.result_key(model, method, target_rule, options, **settings)
+        if key_extra:
+            key["extra"] = dict(key_extra)
+        config = ex.config_id(key)
+        self.configs[config] = key
+        score = score or classification_scores
+        tag = {"model": model.name, "method": method, "variant": variant, "config": config}
+
+        def rows(batch):
+            if maps_fn is not None:
+                maps, seconds = maps_fn(batch)
+            else:
+                maps, seconds = ex.cached_maps(
+                    cache, model, method, batch, target_rule, options, key_extra
+                )
+            values = score(model, batch, maps)
+            pred = batch.logits.argmax(1)
+            return [
+                {
+                    "id": image_id,
+                    "label": int(batch.labels[j]),
+                    "pred": int(pred[j]),
+                    "seconds": seconds[j],
+                    **{k: float(v[j]) for k, v in values.items()},
+                }
+                for j, image_id in enumerate(batch.ids)
+            ]
+
+        ex.run_rows(
+            self.table,
+            model,
+            data,
+            rows,
+            tag,
+            int(self.params.get("batch_size") or 8),
+            self.params.get("device", "cpu"),
+            progress=False,
+        )
+        self._write_configs()
+        return config
+
+    def _write_configs(self) -> None:
+        path = self.out / f"{self.name}_configs.json"
+        known = json.loads(path.read_text()) if path.exists() else {}
+        known.update(self.configs)
+        path.write_text(json.dumps(known, indent=1, sort_keys=True, default=str) + "\n")
+
+    def collect(self, data=None) -> pd.DataFrame:
+        """The rows of the configurations run in this session, for the images of ``data``."""
+        data = data if data is not None else self.data
+        df = self.table.read(dtype={"config": str, "variant": str, "method": str, "model": str})
+        if df.empty:
+            return df
+        df["variant"] = df["variant"].fillna("")
+        df = df[df["config"].isin(self.configs)]
+        if data is not None:
+            df = df[df["id"].isin(set(ex.dataset_ids(data)))]
+        df = df.drop_duplicates(subset=["config", "id"], keep="last")
+        return df.reset_index(drop=True)
+
+    # ------------------------------------------------------------------ summaries
+    def summarize(
+        self,
+        per_image: pd.DataFrame,
+        by: Sequence[str] = ("model", "method", "variant"),
+        metrics: Sequence[str] | None = None,
+    ) -> pd.DataFrame:
+        """Means per group with 95% bootstrap intervals (``<m>_lo``, ``<m>_hi``), time ``T`` and
+        the image count; ``method`` in the paper's spelling; written to ``<name>_summary.csv``."""
+        from ..metrics.uncertainty import summarize_ci
+
+        metrics = [m for m in (metrics or self.metrics) if m in per_image]
+        by = list(by)
+        summary = summarize_ci(
+            per_image,
+            metrics,
+            by,
+            resamples=int(self.params.get("n_boot") or 1000),
+            seed=int(self.params.get("seed") or 0),
+        ).drop(columns="n")
+        order = per_image[by].drop_duplicates()  # the order in which the rows were run
+        summary = order.merge(summary, on=by, how="left").reset_index(drop=True)
+        if "seconds" in per_image:
+            t = per_image.groupby(by, sort=False)["seconds"].mean().rename("T")
+            summary = summary.merge(t.reset_index(), on=by, how="left")
+        n = per_image.groupby(by, sort=False)["id"].count().rename("images")
+        summary = summary.merge(n.reset_index(), on=by, how="left")
+        summary.insert(
+            by.index("method") + 1 if "method" in by else 0,
+            "method_id",
+            summary["method"] if "method" in by else "",
+        )
+        if "method" in by:
+            summary["method"] = summary["method"].map(lambda m: PAPER_NAMES.get(m, m))
+        summary.to_csv(self.out / f"{self.name}_summary.csv", index=False)
+        return summary
+
+    def paired(
+        self,
+        per_image: pd.DataFrame,
+        metric: str,
+        a: Mapping[str, Any],
+        b: Mapping[str, Any],
+    ) -> tuple[float, float, float]:
+        """Paired-bootstrap mean difference ``a - b`` of ``metric`` over the images both have;
+        ``a``/``b`` select rows by column values (e.g. ``{"method": "opticam"}``)."""
+        from ..metrics.uncertainty import paired_bootstrap_ci
+
+        def pick(sel):
+            mask = pd.Series(True, index=per_image.index)
+            for k, v in sel.items():
+                mask &= per_image[k] == v
+            return per_image[mask].set_index("id")[metric]
+
+        x, y = pick(a), pick(b)
+        common = x.index.intersection(y.index)
+        res = paired_bootstrap_ci(
+            x.loc[common].to_numpy(float),
+            y.loc[common].to_numpy(float),
+            resamples=int(self.params.get("n_boot") or 1000),
+            seed=int(self.params.get("seed") or 0),
+        )
+        return float(res.mean), float(res.low), float(res.high)
+
+    def claims(
+        self, per_image: pd.DataFrame, model_name: str, table: str | None = None
+    ) -> pd.DataFrame:
+        """The paper's Opti-CAM claims of this table, checked on our rows with paired intervals.
+
+        For each metric: if the paper's Opti-CAM beats every baseline, the claim is "Opti-CAM
+        beats the best baseline"; otherwise "the paper's best method beats Opti-CAM". The best
+        baseline is chosen on *our* means; the verdict is from the paired bootstrap interval of the
+        difference (``holds`` only when it excludes zero in the claimed direction).
+        """
+        from ..metrics.uncertainty import verdict
+
+        ref = paper_table(table or self.name)
+        ref = ref[(ref["network"] == paper_network(model_name)) & (ref["variant"] == "")]
+        mine = per_image[(per_image["model"] == model_name) & (per_image["variant"] == "")]
+        out = []
+        for m in self.metrics:
+            info = METRICS.get(m)
+            if info is None or m not in mine or mine[m].isna().all():
+                continue
+            sign = 1 if info.direction == "higher" else -1
+            paper_m = ref[ref["metric"] == m].dropna(subset=["value"])
+            paper_m = paper_m[
+                ~paper_m["method"].isin(["Fake-CAM"]) & ~paper_m["method"].str.startswith("S :=")
+            ]
+            if "Opti-CAM" not in set(paper_m["method"]) or "opticam" not in set(mine["method"]):
+                continue
+            vals = paper_m.set_index("method")["value"] * sign
+            paper_best = vals.drop("Opti-CAM").idxmax() if len(vals) > 1 else None
+            opti_best_in_paper = paper_best is None or vals["Opti-CAM"] >= vals[paper_best]
+            means = mine.groupby("method")[m].mean() * sign
+            baselines = means.drop(["opticam", "fakecam"], errors="ignore").dropna()
+            if baselines.empty:
+                continue
+            best = baselines.idxmax()
+            d, lo, hi = self.paired(mine, m, {"method": "opticam"}, {"method": best})
+            if opti_best_in_paper:
+                claim = f"Opti-CAM {'higher' if sign > 0 else 'lower'} {m} than the best baseline"
+                v = verdict(lo, hi, info.direction)
+            else:
+                claim = f"Opti-CAM is not the best on {m} (paper: {paper_best})"
+                # The claim holds when the best baseline beats Opti-CAM.
+                v = verdict(-hi, -lo, info.direction)
+            out.append(
+                {
+                    "metric": m,
+                    "claim": claim,
+                    "baseline": PAPER_NAMES.get(best, best),
+                    "difference": d,
+                    "low": lo,
+                    "high": hi,
+                    "verdict": v,
+                }
+            )
+        return pd.DataFrame(out)
+
+    # ------------------------------------------------------------------ display
+    def comparable(self, model_name: str) -> bool:
+        """Whether our numbers can be subtracted from the paper's: the paper's network on ImageNet."""
+        return self.params.get("dataset") == "imagenet" and model_name in (
+            "resnet50",
+            "vgg16_bn",
+            *TRANSFORMER_NETWORK,
+        )
+
+
+def with_interval(summary: pd.DataFrame, metric: str, digits: int = 1) -> pd.Series:
+    """``mean [lo, hi]`` strings of a summary column (NaN-safe)."""
+
+    def fmt(row):
+        v = row[metric]
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "–"
+        lo, hi = row.get(f"{metric}_lo"), row.get(f"{metric}_hi")
+        if lo is None or (isinstance(lo, float) and math.isnan(lo)):
+            return f"{v:.{digits}f}"
+        return f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+    return summary.apply(fmt, axis=1)
+
+
+def _rank(values: pd.Series, metric: str) -> pd.Series:
+    """Rank 1 = best, by the metric's direction."""
+    info = METRICS.get(metric)
+    ascending = info is not None and info.direction == "lower"
+    return values.rank(ascending=ascending, method="min")
+
+
+def beside_paper(
+    summary: pd.DataFrame,
+    ref: pd.DataFrame,
+    metrics: Sequence[str],
+    on: Sequence[str] = ("method",),
+    comparable: bool = False,
+    paper_only: Sequence[str] = (),
+) -> pd.DataFrame:
+    """Our means (with 95% intervals) beside the paper's values, one row per ``on`` key in the
+    paper's row order (then ours that the paper lacks).
+
+    ``ref`` holds the paper's tidy rows of one network. If ``comparable`` (the paper's network and
+    data), a ``diff`` column per metric gives ours minus the paper's; otherwise the ranks of the
+    method among those both tables have (``rank``: ours/paper), since a difference between another
+    network on a few photos and the paper's ResNet50 on 50,000 images means nothing. Rows listed in
+    ``paper_only`` (methods ``paper_code`` cannot compute) are marked.
+    """
+    on = list(on)
+    ours = summary.set_index(on)
+    order = list(dict.fromkeys(zip(*(ref[c] for c in on))))
+    keys = [k if isinstance(k, tuple) else (k,) for k in ours.index]
+    order += [k for k in keys if k not in order]
+    idx = pd.MultiIndex.from_tuples(order, names=on)
+    if len(on) == 1:
+        ours.index = pd.MultiIndex.from_tuples([(k,) for k in ours.index], names=on)
+    pivot = ref.pivot_table(index=on, columns="metric", values="value", aggfunc="first")
+    if len(on) == 1:
+        pivot.index = pd.MultiIndex.from_tuples([(k,) for k in pivot.index], names=on)
+    cols: dict[tuple[str, str], Any] = {}
+    for m in metrics:
+        label = f"{m} {arrow(m)}".strip()
+        mine = ours[m].reindex(idx) if m in ours else pd.Series(math.nan, index=idx)
+        theirs = pivot[m].reindex(idx) if m in pivot else pd.Series(math.nan, index=idx)
+        shown = with_interval(ours.reindex(idx), m) if m in ours else pd.Series("–", index=idx)
+        cols[(label, "ours [95% CI]")] = shown
+        cols[(label, "paper")] = theirs.map(
+            lambda v: "–" if pd.isna(v) else f"{v:.2f}".rstrip("0").rstrip(".")
+        )
+        if comparable:
+            cols[(label, "diff")] = (mine - theirs).map(lambda v: "" if pd.isna(v) else f"{v:+.1f}")
+        else:
+            both = mine.notna() & theirs.notna()
+            r_ours = _rank(mine[both], m).reindex(idx)
+            r_paper = _rank(theirs[both], m).reindex(idx)
+            cols[(label, "rank")] = [
+                "" if pd.isna(a) else f"{int(a)}/{int(b)}" for a, b in zip(r_ours, r_paper)
+            ]
+    res = pd.DataFrame(cols, index=idx)
+    res.columns = pd.MultiIndex.from_tuples(res.columns, names=["metric", ""])
+    if paper_only:
+        res.index = pd.MultiIndex.from_tuples(
+            [(f"{k[0]} (paper only)" if k[0] in paper_only else k[0], *k[1:]) for k in res.index],
+            names=on,
+        )
+    if len(on) == 1:
+        res.index = res.index.get_level_values(0)
+    return res
+
+
+def ranking_agreement(
+    summary: pd.DataFrame, ref: pd.DataFrame, metrics: Sequence[str], on: str = "method"
+) -> pd.DataFrame:
+    """Per metric: Kendall τ between our ranking of the methods and the paper's (on the methods
+    both have), and Opti-CAM's rank in each."""
+    from scipy.stats import kendalltau
+
+    rows = []
+    for m in metrics:
+        if m not in summary:
+            continue
+        mine = summary.set_index(on)[m].dropna()
+        theirs = ref[ref["metric"] == m].set_index(on)["value"].dropna()
+        theirs = theirs[~theirs.index.duplicated()]
+        common = mine.index.intersection(theirs.index)
+        if len(common) < 3:
+            continue
+        tau = kendalltau(mine[common], theirs[common]).statistic
+        ro, rp = _rank(mine[common], m), _rank(theirs[common], m)
+        rows.append(
+            {
+                "metric": m,
+                "methods": len(common),
+                "kendall_tau": float(tau),
+                "opticam_rank_ours": int(ro["Opti-CAM"]) if "Opti-CAM" in ro else None,
+                "opticam_rank_paper": int(rp["Opti-CAM"]) if "Opti-CAM" in rp else None,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def headline(claims: pd.DataFrame, agreement: pd.DataFrame | None = None) -> str:
+    """One generated sentence: which of the paper's claims hold on this run and which do not."""
+    if claims is None or claims.empty:
+        return "No claim of the paper about Opti-CAM can be checked with the rows of this run."
+    parts = []
+    for v, word in (
+        ("holds", "hold"),
+        ("contradicted", "are contradicted"),
+        ("not resolved on this data", "are not resolved on this data"),
+    ):
+        sel = claims[claims["verdict"] == v]
+        if len(sel):
+            parts.append(f"{word}: " + "; ".join(sel["claim"]))
+    text = (
+        f"Of the paper's {len(claims)} claims about Opti-CAM checked here (paired 95% bootstrap "
+        "intervals over images), " + " — ".join(parts) + "."
+    )
+    if agreement is not None and not agreement.empty:
+        taus = ", ".join(f"{r.metric} τ = {r.kendall_tau:+.2f}" for r in agreement.itertuples())
+        text += f" Agreement of our ranking of the methods with the paper's: {taus}."
+    return text
+
+
+def show(frame: pd.DataFrame, caption: str) -> None:
+    """Display a comparison table compactly (no wrapping inside cells)."""
+    from IPython.display import display
+
+    styler = frame.style.set_caption(caption).set_table_styles(
+        [{"selector": "th, td", "props": "white-space: nowrap; padding: 0 0.4em"}]
+    )
+    display(styler)
+
+
+def curve_points(id_step: int, points: int = 29) -> list[int]:
+    """Evenly spaced step indices of the insertion/deletion curves kept per image."""
+    n_steps = -(-224 * 224 // id_step)
+    return [round(k * n_steps / (points - 1)) for k in range(points)]
+
+
+def insertion_deletion_scores(id_step: int = 224) -> ScoreFn:
+    """Score function of Table 3 (and Fig. 3): insertion/deletion (%) of the class predicted on the
+    clean image, plus 29 evenly spaced points of each curve (columns ``I_p00`` ... ``D_p28``)."""
+    from ..metrics import insertion_deletion
+
+    points = curve_points(id_step)
+
+    def score(model, batch, maps):
+        r = insertion_deletion(model, batch.images, maps, step=id_step, return_curves=True)
+        out = {"I": r["I"], "D": r["D"]}
+        for m in ("I", "D"):
+            for k, t in enumerate(points):
+                out[f"{m}_p{k:02d}"] = r[f"{m}_curve"][:, t]
+        return out
+
+    return score
