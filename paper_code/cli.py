@@ -93,6 +93,22 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from .finetune import FinetuneConfig, finetune
+
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
+    options["progress"] = not options.pop("no_progress")
+    finetune(FinetuneConfig(**options))
+    return 0
+
+
+def cmd_urls(args: argparse.Namespace) -> int:
+    from .reproduce.publish import links
+
+    print(links(url=args.repository, notebook=args.notebook))
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from .methods import METHODS
     from .names import MODELS
@@ -103,7 +119,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         layer = "layer" if spec.needs_layer else "-"
         print(f"  {spec.name:14s} {spec.paper_name:16s} {spec.kind:13s} {layer}")
     print("models:    ", " ".join(MODELS))
-    print("datasets:   sample imagenet folder")
+    from .data import DATASETS
+
+    print("datasets:  ", " ".join(DATASETS))
     print("profiles:  ", " ".join(list_profiles()))
     print("notebooks: ", " ".join(Path(p).stem for p in toc_notebooks()))
     return 0
@@ -149,6 +167,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", default=None, help="only these notebooks")
     p.add_argument("--no-build", action="store_true", help="execute only; skip jupyter-book build")
     p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune resnet50/vgg16_bn on Chest X-ray or Kvasir (the paper's App. E.2 recipe)",
+        description="Stage 1: new final layer on the frozen backbone; stage 2: whole network, "
+        "SGD momentum 0.9, lr 1e-5, 50 epochs. Rerun the same command to resume.",
+    )
+    p.add_argument("--dataset", required=True, choices=("chestxray", "kvasir"))
+    p.add_argument("--model", required=True, choices=MODELS)
+    p.add_argument("--root", required=True, help="dataset folder (chest_xray/ or Kvasir v2)")
+    p.add_argument("--out", default="ckpt", help="checkpoints, CSV log, summary (default ckpt)")
+    p.add_argument("--weights", default=None, help="ImageNet weights file (default: torchvision's)")
+    p.add_argument("--stage1-epochs", type=int, default=10, help="default 10 (paper: not given)")
+    p.add_argument(
+        "--stage1-optimizer", default="sgd", choices=("sgd", "adam"), help="default sgd (m=0.9)"
+    )
+    p.add_argument(
+        "--stage1-lr",
+        type=float,
+        default=None,
+        help="default: the paper's (1e-3; Kvasir 1e-4/5e-3)",
+    )
+    p.add_argument("--stage2-epochs", type=int, default=50, help="default 50 (paper)")
+    p.add_argument("--stage2-lr", type=float, default=1e-5, help="default 1e-5 (paper)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (paper 0.9)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="default 0")
+    p.add_argument("--batch-size", type=int, default=32, help="default 32 (paper: not given)")
+    p.add_argument("--augment", default="none", choices=("none", "flip", "crop-flip"))
+    p.add_argument(
+        "--select", default="last", choices=("last", "best"), help="exported model (default last)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="head init, data order, augmentation")
+    p.add_argument("--split-seed", type=int, default=0, help="Kvasir split seed (default 0)")
+    p.add_argument("--split-file", default=None, help="Kvasir split JSON (default in --out)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    p.add_argument("--num-workers", type=int, default=4, help="DataLoader workers (default 4)")
+    p.add_argument("--max-batches", type=int, default=None, help="batches per epoch (smoke runs)")
+    p.add_argument("--validate", default="header", choices=("header", "full", "none"))
+    p.add_argument("--restart", action="store_true", help="ignore a resume checkpoint in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser(
+        "urls", help="the repository, GitHub Pages, Binder and Colab links of the one setting"
+    )
+    p.add_argument(
+        "--repository",
+        default=None,
+        help="repository URL (default: $PAPER_CODE_REPOSITORY, else _config.yml repository.url)",
+    )
+    p.add_argument("--notebook", default="book/table1.ipynb", help="notebook of the launch links")
+    p.set_defaults(func=cmd_urls)
 
     p = sub.add_parser("list", help="list methods, models, profiles and notebooks")
     p.set_defaults(func=cmd_list)

@@ -59,7 +59,7 @@ from torchvision import transforms
 
 logger = logging.getLogger("paper_code.data")
 
-DATASETS = ("sample", "imagenet", "folder")
+DATASETS = ("sample", "imagenet", "folder", "chestxray", "kvasir")
 RESIZE = 256
 CROP = 224
 IMAGE_EXTENSIONS = (
@@ -672,8 +672,21 @@ def load_dataset(name: str = "sample", **kw: Any) -> ImageDataset:
       (they are listed in ``dataset.skipped``).
     * ``"folder"`` (``root``; ``subset=None``, ``seed=0``, ``validate="header"``,
       ``class_to_idx=None``): an ImageFolder-like tree or a flat folder (labels -1); no boxes.
+    * ``"chestxray"`` (``root``; ``split="test"``, ``subset=None``, ``seed=0``,
+      ``validate="header"``) and ``"kvasir"`` (``root``; ``split="test"``, ``seed=0``,
+      ``split_file=None``, ``index_dir=None``, ``fractions=(0.75, 0.125, 0.125)``,
+      ``subset=None``, ``validate="header"``): the medical datasets of App. E
+      (:mod:`paper_code.data.medical`); class names in ``dataset.categories``.
     """
-    builders = {"sample": _sample, "imagenet": _imagenet, "folder": _folder}
+    from . import medical  # imports this module: loaded on first use
+
+    builders = {
+        "sample": _sample,
+        "imagenet": _imagenet,
+        "folder": _folder,
+        "chestxray": medical.chestxray,
+        "kvasir": medical.kvasir,
+    }
     if name not in builders:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
     return builders[name](**kw)

@@ -256,6 +256,32 @@ class TableRun:
         summary.to_csv(self.out / f"{self.name}_summary.csv", index=False)
         return summary
 
+    def repeat(
+        self, model, data, cache, method: str, repeats: int, score: ScoreFn | None = None
+    ) -> pd.DataFrame:
+        """Rerun ``method`` ``repeats - 1`` more times with other batch compositions (the images in a
+        seeded random order, so each batch holds other images) and return the run-to-run spread of
+        its means (:func:`paper_code.metrics.uncertainty.run_spread`): which part of the
+        uncertainty is the optimization rather than the data. Repeat 0 is the ordinary run."""
+        import numpy as np
+
+        from ..metrics.uncertainty import run_spread
+
+        configs = [self.run(model, data, cache, method, score=score)]
+        n = len(data)
+        for r in range(1, int(repeats)):
+            order = np.random.default_rng([int(self.params.get("seed") or 0), r]).permutation(n)
+            shuffled = torch.utils.data.Subset(data, order.tolist())
+            configs.append(
+                self.run(model, shuffled, cache, method, score=score, key_extra={"repeat": r},
+                         variant=f"repeat {r}")
+            )  # fmt: skip
+        df = self.collect(data)
+        df = df[df["config"].isin(configs)].copy()
+        df["repeat"] = df["config"].map({c: i for i, c in enumerate(configs)})
+        metrics = [m for m in self.metrics if m in df]
+        return run_spread(df, metrics, by=("model", "method"))
+
     def paired(
         self,
         per_image: pd.DataFrame,
