@@ -64,33 +64,63 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _launch(args: argparse.Namespace, argv: list[str] | None) -> int | None:
+    """``--nproc N`` (N > 1): rerun this command in N processes under torchrun."""
+    if (args.nproc or 1) <= 1:
+        return None
+    from .reproduce import distributed
+
+    if distributed.is_distributed():
+        raise ValueError("--nproc is for the launching command, not inside torchrun")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return distributed.launch(args.nproc, distributed.strip_option(argv, "--nproc"))
+
+
+def cmd_run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    from .reproduce import distributed
     from .reproduce.notebooks import NotebookError, run_notebook
 
-    try:
-        path = run_notebook(
-            args.notebook,
-            parameters=_params(args.param),
-            output_dir=args.out,
-            profile=args.profile,
-        )
-    except NotebookError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    launched = _launch(args, argv)
+    if launched is not None:
+        return launched
+    # Under torchrun, rank r > 0 writes its executed notebook under <out>/ranks/rank<r>; rank 0's
+    # is the one the book uses.
+    out = distributed.rank_dir(args.out)
+    with distributed.serve_store():
+        try:
+            path = run_notebook(
+                args.notebook,
+                parameters=_params(args.param),
+                output_dir=out,
+                profile=args.profile,
+            )
+        except NotebookError as e:
+            distributed.abort(str(e))
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     print(f"executed notebook: {path}")
     return 0
 
 
-def cmd_reproduce(args: argparse.Namespace) -> int:
+def cmd_reproduce(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    from .reproduce import distributed
     from .reproduce.notebooks import reproduce
 
-    return reproduce(
-        args.profile,
-        out=args.out,
-        only=args.only,
-        build=not args.no_build,
-        parameters=_params(args.param),
-    )
+    launched = _launch(args, argv)
+    if launched is not None:
+        return launched
+    with distributed.serve_store():
+        if distributed.rank() > 0:  # the same notebooks on this rank's shard; rank 0 builds
+            return distributed.reproduce_worker(
+                args.profile, out=args.out, only=args.only, parameters=_params(args.param)
+            )
+        return reproduce(
+            args.profile,
+            out=args.out,
+            only=args.only,
+            build=not args.no_build,
+            parameters=_params(args.param),
+        )
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -127,6 +157,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+NPROC_HELP = (
+    "run in N processes on this node under torchrun (each rank computes every N-th image, one GPU "
+    "per rank with -p device cuda; rank 0 renders); for several nodes run torchrun yourself"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .names import MODELS
 
@@ -156,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="sample", help="profile name or YAML path")
     p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"))
     p.add_argument("--out", default="_build/reproduce/notebooks", help="executed notebooks folder")
+    p.add_argument("--nproc", type=int, default=None, help=NPROC_HELP)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("reproduce", help="execute every notebook, then build the book from them")
@@ -166,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--only", nargs="+", default=None, help="only these notebooks")
     p.add_argument("--no-build", action="store_true", help="execute only; skip jupyter-book build")
+    p.add_argument("--nproc", type=int, default=None, help=NPROC_HELP)
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser(
@@ -228,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.func in (cmd_run, cmd_reproduce):
+            return int(args.func(args, argv) or 0)
         return int(args.func(args) or 0)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         # ImageLoadError and WeightsUnavailableError are RuntimeErrors with a full message.

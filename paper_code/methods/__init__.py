@@ -8,7 +8,7 @@ line read it.
 
 from __future__ import annotations
 
-from . import cams, opticam  # noqa: F401  (importing registers the methods)
+from . import attention, cams, opticam, perturbation, sampling  # noqa: F401  (importing registers the methods)
 from .explain import check_images, explain, resolve_layer
 from .hooks import FeatureLayer, tokens_to_grid
 from .registry import METHODS, MethodSpec, get_method, method_for_paper_name, paper_names
