@@ -211,7 +211,8 @@ def test_oracle_pytorch_grad_cam_tiny(tiny, images, method, gc_name, options):
     gc_order = normalize_range(upsample(normalize_range(raw[:, None]), (224, 224)))[:, 0]
     assert (gc_order - ref_final).abs().max() < 1e-4
     ours = explain(method, tiny, images, classes, **options)[:, 0]
-    assert (ours - ref_final).abs().max() < 1e-3  # measured <= 1.5e-5
+    # Measured max |diff|: 3.9e-5 (Grad-CAM, XGrad-CAM, HiResCAM), 2.1e-5 (Layer-CAM), <= 6e-7 (others).
+    assert (ours - ref_final).abs().max() < 1e-4
 
 
 def test_oracle_gradcampp_epsilon_differs(tiny, images):

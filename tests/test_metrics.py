@@ -322,6 +322,53 @@ def test_max_sensitivity_properties():
     assert M.max_sensitivity(zero, x, cls).abs().max() == 0
 
 
+def test_max_sensitivity_normalize_by_input_closed_form():
+    """normalize_by="input" (Quantus <= 0.5): max_s ||S(x) - S(x_s)|| / ||x||, recomputed by hand."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand(2, 3, 8, 8, generator=g)
+    cls = torch.tensor([0, 1])
+    ours = M.max_sensitivity(mean_explainer, x, cls, samples=4, seed=3, normalize_by="input")
+    gen = torch.Generator().manual_seed(3)
+    s0 = mean_explainer(x, cls).double().numpy().reshape(2, -1)
+    best = np.zeros(2)
+    for _ in range(4):
+        noise = torch.rand(x.shape, generator=gen) * 0.4 - 0.2
+        s1 = mean_explainer((x + noise).clamp(0, 1), cls).double().numpy().reshape(2, -1)
+        xn = np.linalg.norm(x.double().numpy().reshape(2, -1), axis=1)
+        best = np.maximum(best, np.linalg.norm(s0 - s1, axis=1) / xn)
+    np.testing.assert_allclose(ours.numpy(), best, rtol=1e-6)
+    by_map = M.max_sensitivity(mean_explainer, x, cls, samples=4, seed=3)
+    assert not np.allclose(by_map.numpy(), best)
+    with pytest.raises(ValueError):
+        M.max_sensitivity(mean_explainer, x, cls, normalize_by="map")
+
+
+def test_aopc_aggregations_and_drops(toy):
+    x, s = toy
+    model = SumModel()
+    r = M.aopc(model, x, s, classes=0, patch=2, regions=3, return_curves=True, return_drops=True)
+    q = M.aopc(model, x, s, classes=0, patch=2, regions=3, aggregation="quantus")
+    curve = r["AOPC_curve"].numpy()
+    drops = curve[:, :1] - curve[:, 1:]  # k = 1..3
+    np.testing.assert_allclose(r["AOPC_drops"].numpy(), drops, rtol=1e-12)
+    np.testing.assert_allclose(q["AOPC"].numpy(), drops.mean(1) * 100, rtol=1e-12)
+    np.testing.assert_allclose(r["AOPC"].numpy(), drops.sum(1) / 4 * 100, rtol=1e-12)
+    # "min" = Quantus' "black": the image minimum; equals our "black" (0) after shifting by it.
+    lo = M.aopc(
+        model, x + 0.25, s, classes=0, patch=2, regions=3, baseline="min", return_curves=True
+    )
+    mins = (x + 0.25).amin((1, 2, 3)).numpy()
+    assert (mins > 0.25).all()
+    sums = s[0, 0].numpy().reshape(4, 2, 4, 2).sum((1, 3)).ravel()
+    j = sorted(range(16), key=lambda t: (-sums[t], t))[0]
+    cur = (x[0] + 0.25).numpy().astype(np.float64)
+    pr, pc_ = divmod(j, 4)
+    cur[:, 2 * pr : 2 * pr + 2, 2 * pc_ : 2 * pc_ + 2] = mins[0]
+    assert lo["AOPC_curve"][0, 1].item() == pytest.approx(p0(cur), rel=1e-6)
+    with pytest.raises(ValueError):
+        M.aopc(model, x, s, aggregation="mean")
+
+
 # --------------------------------------------------------------------------- ADCC
 
 
@@ -331,12 +378,18 @@ def test_adcc_components(toy):
     r = M.adcc(model, mean_explainer, x, s, classes=None)
     cls = model(x).argmax(1)
     s2 = mean_explainer(x * s, cls)
-    ad = M.classification(model, x, s, cls)["AD"] / 100
     for i in range(4):
+        # AD of the predicted class from the closed form of SumModel (independent of M.classification).
+        xi, mi = x[i].numpy().astype(np.float64), s[i].numpy().astype(np.float64)
+        pp, oo = p0(xi), p0(xi * mi)
+        if cls[i] == 1:
+            pp, oo = 1 - pp, 1 - oo
+        ad = max(pp - oo, 0.0) / pp
+        assert r["AD"][i].item() == pytest.approx(ad, rel=1e-5, abs=1e-9)
         a, b = s[i].numpy().ravel(), s2[i].numpy().ravel()
         rho = np.corrcoef(a, b)[0, 1] if np.ptp(a) > 0 and np.ptp(b) > 0 else 0.0
         coh, com = (rho + 1) / 2, a.mean()
-        expected = 3 / (1 / coh + 1 / (1 - com) + 1 / (1 - ad[i].item())) * 100
+        expected = 3 / (1 / coh + 1 / (1 - com) + 1 / (1 - ad)) * 100
         assert r["coherency"][i].item() == pytest.approx(coh, rel=1e-5)
         assert r["complexity"][i].item() == pytest.approx(com, rel=1e-6)
         assert r["ADCC"][i].item() == pytest.approx(expected, rel=1e-5)

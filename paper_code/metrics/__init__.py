@@ -13,7 +13,9 @@ Conventions shared by every metric:
   shows a tqdm bar (off by default).
 * :data:`METRICS` declares each metric's direction, unit and equation, Quantus-style.
 
-Localization metrics (Appendix B) live in :mod:`paper_code.metrics.localization` and are re-exported here.
+Localization metrics (Appendix B) live in :mod:`paper_code.metrics.localization` and the bootstrap
+intervals, paired comparisons, verdicts and run-to-run spread in :mod:`paper_code.metrics.uncertainty`;
+both are re-exported here.
 """
 
 from __future__ import annotations
@@ -39,13 +41,24 @@ from .localization import (
     summarize_localization,
 )
 from .robustness import adcc, max_sensitivity, uniform_perturbation
+from .uncertainty import (
+    Interval,
+    bootstrap_ci,
+    paired_bootstrap_ci,
+    paired_summary,
+    run_spread,
+    summarize_ci,
+    verdict,
+)
 
 __all__ = [
+    "Interval",
     "METRICS",
     "MetricInfo",
     "adcc",
     "aopc",
     "blur_substrate",
+    "bootstrap_ci",
     "box_accuracy",
     "box_crop_probs",
     "box_mask",
@@ -58,10 +71,15 @@ __all__ = [
     "localization",
     "mask_images",
     "max_sensitivity",
+    "paired_bootstrap_ci",
+    "paired_summary",
     "predicted_boxes",
+    "run_spread",
     "saliency_ranks",
     "selectivity",
     "summarize",
+    "summarize_ci",
     "summarize_localization",
     "uniform_perturbation",
+    "verdict",
 ]

@@ -1,4 +1,4 @@
-r"""Faithfulness metrics: AD / AG / AI (eqs. 13-15), insertion / deletion and AOPC (SPEC §3.2-3.4)."""
+r"""Faithfulness metrics: AD (eq. 13), AI (eq. 14), AG (eq. 15), insertion / deletion and AOPC (SPEC §3.2-3.4)."""
 
 from __future__ import annotations
 
@@ -199,6 +199,9 @@ def insertion_deletion(
 # --------------------------------------------------------------------------- AOPC
 
 
+AGGREGATIONS = ("samek", "quantus")
+
+
 def aopc(
     model: nn.Module,
     images: torch.Tensor,
@@ -208,9 +211,11 @@ def aopc(
     patch: int = 14,
     regions: int = 10,
     baseline: str | float = "black",
+    aggregation: str = "samek",
     seed: int = 0,
     batch_size: int | None = None,
     return_curves: bool = False,
+    return_drops: bool = False,
     progress: bool = False,
 ) -> dict[str, torch.Tensor]:
     r"""AOPC of region perturbation, most relevant first (Samek et al. 2016; Section 5.3.3), per image, in %.
@@ -218,22 +223,47 @@ def aopc(
     The image is split into a grid of non-overlapping ``patch``×``patch`` regions (16×16 regions of 14×14
     at 224; a last partial row/column is kept). Regions are ranked by their summed saliency (descending;
     ties by raster index). :math:`x_k` replaces the :math:`k` most relevant regions by the baseline,
-    cumulatively, :math:`k = 1..L` with :math:`L =` ``regions``, and :math:`x_0 = x`:
+    cumulatively, :math:`k = 1..L` with :math:`L =` ``regions``, and :math:`x_0 = x`. With the drops
+    :math:`d_k = f_c(x) - f_c(x_k)` (so :math:`d_0 = 0`):
 
-    .. math:: \mathrm{AOPC} = \frac{1}{L+1}\sum_{k=0}^{L}\big(f_c(x) - f_c(x_k)\big)\cdot 100,
+    .. math::
+        \mathrm{AOPC}_\text{samek} = \frac{1}{L+1}\sum_{k=0}^{L} d_k \cdot 100, \qquad
+        \mathrm{AOPC}_\text{quantus} = \frac{1}{L}\sum_{k=1}^{L} d_k \cdot 100
+        = \frac{L+1}{L}\,\mathrm{AOPC}_\text{samek}.
 
-    where :math:`f_c` is the **softmax probability** of class :math:`c` (a choice: Quantus scores whatever
-    the model outputs; we use probabilities, in %, like every other metric here). Default class: the
-    predicted class. Baselines (pixel space, before standardization): ``"black"`` (0; the current
-    Quantus default, SPEC §3.4), ``"mean"`` (per-channel mean of the region), ``"uniform"`` (U(0, 1)
-    noise from a CPU generator seeded with ``seed``), or a float constant. Quantus may evaluate
-    overlapping windows; we use the grid.
+    ``aggregation="samek"`` (default) is Samek et al.'s definition (it
+    averages over :math:`k = 0..L` and so includes the zero drop at :math:`k = 0`); we keep it as the
+    default because it is the published definition of AOPC and the paper cites Samek for it.
+    ``aggregation="quantus"`` is the mean of what Quantus' ``RegionPerturbation`` returns, the curve
+    :math:`(d_1, \dots, d_L)` (Quantus 0.6 returns the curves and no AOPC scalar; its
+    ``get_auc_score`` is the unnormalized trapezoid of the curve, another number again). The paper
+    used Quantus (patch 14, 10 regions) without saying how it turned the curve into one number, so
+    both are defensible; they differ by the factor :math:`11/10`.
+
+    :math:`f_c` is the **softmax probability** of class :math:`c` (Quantus' ``RegionPerturbation``
+    default ``softmax=True``); default class: the predicted class. Baselines (pixel space, before
+    standardization): ``"black"`` (0), ``"min"`` (the per-image minimum over all channels and pixels,
+    which is what Quantus 0.6's ``"black"`` actually is: ``arr.min()``, equal to 0 whenever the image
+    has a 0 value; Quantus' current default, older versions used ``"uniform"``, SPEC §3.4), ``"mean"``
+    (per-channel mean of the region), ``"uniform"`` (U(0, 1) noise from a CPU generator seeded with
+    ``seed``), or a float constant.
+
+    Differences from Quantus that can matter: Quantus orders regions with ``np.argsort(-sums)``
+    (quicksort, not stable), so its order of **tied** regions is unspecified (ours: raster order);
+    maps with tied region sums (e.g. large zero areas, constant maps) can differ. When
+    ``patch`` does not divide the image, Quantus pads symmetrically (the grid is shifted) where we keep
+    a partial last row/column; at 224 with patch 14 neither happens. Quantus works in float32; we
+    compute probabilities in float64. ``tests/test_quantus_oracle.py`` checks the drops against Quantus.
 
     Returns:
         dict with ``AOPC`` (float64 ``[B]``, %), ``classes``; with ``return_curves`` also
-        ``AOPC_curve`` ``[B, L + 1]`` (probabilities :math:`f_c(x_k)`).
+        ``AOPC_curve`` ``[B, L + 1]`` (probabilities :math:`f_c(x_k)`, :math:`k = 0..L`); with
+        ``return_drops`` also ``AOPC_drops`` ``[B, L]`` (:math:`d_k`, :math:`k = 1..L`, as fractions:
+        Quantus' curve).
     """
     maps = _check(images, maps)
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
     b, _, h, w = images.shape
     cls = _classes(model, images, classes, batch_size)
     sums = nn.functional.avg_pool2d(maps, patch, patch, ceil_mode=True, divisor_override=1)
@@ -242,6 +272,8 @@ def aopc(
     pranks = pranks.repeat_interleave(patch, 2).repeat_interleave(patch, 3)[..., :h, :w]
     if baseline == "black":
         base = torch.zeros_like(images[:1]).expand_as(images)
+    elif baseline == "min":
+        base = images.amin(dim=(1, 2, 3), keepdim=True).expand_as(images)
     elif baseline == "uniform":
         gen = torch.Generator().manual_seed(seed)
         base = torch.rand(images.shape, generator=gen, dtype=images.dtype).to(images.device)
@@ -252,7 +284,7 @@ def aopc(
         base = torch.full_like(images, float(baseline))
     else:
         raise ValueError(
-            f"baseline must be 'black', 'mean', 'uniform' or a number, got {baseline!r}"
+            f"baseline must be 'black', 'min', 'mean', 'uniform' or a number, got {baseline!r}"
         )
     n_eval = regions + 1
     total = b * n_eval
@@ -264,7 +296,11 @@ def aopc(
             x = torch.where(pranks[img] < k.view(-1, 1, 1, 1), base[img], images[img])
             probs[sl] = _probs_of(model(_cl(x)), cls[img])
     curve = probs.view(b, n_eval)
-    out = {"AOPC": (curve[:, :1] - curve).mean(1) * 100, "classes": cls}
+    drops = curve[:, :1] - curve  # [B, L + 1], d_0 = 0
+    score = drops.mean(1) if aggregation == "samek" else drops[:, 1:].mean(1)
+    out = {"AOPC": score * 100, "classes": cls}
     if return_curves:
         out["AOPC_curve"] = curve
+    if return_drops:
+        out["AOPC_drops"] = drops[:, 1:]
     return out

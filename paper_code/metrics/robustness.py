@@ -35,6 +35,9 @@ def uniform_perturbation(
     return out.clamp(0, 1) if clamp else out
 
 
+NORMALIZATIONS = ("explanation", "input")
+
+
 def max_sensitivity(
     explainer: Explainer,
     images: torch.Tensor,
@@ -44,33 +47,61 @@ def max_sensitivity(
     samples: int = 10,
     seed: int = 0,
     clamp: bool = True,
+    normalize_by: str = "explanation",
     maps: torch.Tensor | None = None,
     batch_size: int | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
     r"""Max-Sensitivity (Yeh et al. 2019; Section 5.3.3), per image (a ratio, not %; lower is better).
 
-    .. math:: \mathrm{MS}(x) = \max_{s=1..N} \frac{\lVert S(x) - S(x + \epsilon_s)\rVert_F}
-              {\lVert S(x)\rVert_F}, \qquad \epsilon_s \sim \mathcal U[-r, r]^{3\times H\times W},
+    .. math:: \mathrm{MS}(x) = \max_{s=1..N} \frac{\lVert S(x) - S(x + \epsilon_s)\rVert_F}{D(x)},
+              \qquad \epsilon_s \sim \mathcal U[-r, r]^{3\times H\times W},
 
-    with :math:`r` = ``radius`` (Quantus "lower bound" 0.2) and :math:`N` = ``samples`` (10), and the map
-    recomputed by ``explainer(images, classes) -> maps [B, 1, H, W]`` for the *same* classes.
+    with :math:`r` = ``radius`` (Quantus' ``lower_bound``, 0.2 in the paper), :math:`N` = ``samples``
+    (10), the map recomputed by ``explainer(images, classes) -> maps [B, 1, H, W]`` for the *same*
+    classes, and a denominator :math:`D(x)` that **the paper does not settle** (SPEC §3.4: "Quantus,
+    lower bound 0.2, 10 samples", version not given), because Quantus changed it between versions:
 
-    Choices where the paper is silent: the noise is added in [0, 1] pixel space (before the model's
-    standardization; r = 0.2 is about 0.9 standard deviations of ImageNet pixels) and the result is
-    clamped to [0, 1] (``clamp=False`` reproduces Quantus'/Captum's unclamped noise); the noise comes
-    from a CPU generator seeded with ``seed``, sample by sample, each sample drawing one
-    ``[B, 3, H, W]`` tensor; the normalization by :math:`\lVert S(x)\rVert_F` is Quantus' and Captum's
-    default, and a zero map uses denominator 1 (as Captum). Maps are not re-normalized (explainers
-    already return maps in [0, 1]). ``maps`` may pass precomputed :math:`S(x)`.
+    * ``normalize_by="explanation"`` (default): :math:`D = \lVert S(x)\rVert_F`. This is what the
+      batched ``MaxSensitivity.evaluate_batch`` of **Quantus 0.6.0** computes
+      (``norm_denominator(a=a_batch)``, the batched rewrite of Quantus PRs #351/#357), and Captum's
+      ``sensitivity_max`` with its ``norm`` of the explanation. ``tests/test_quantus_oracle.py`` checks
+      it against Quantus 0.6.0 fed the same noise.
+    * ``normalize_by="input"``: :math:`D = \lVert x\rVert_F` over all ``3·H·W`` values of the image
+      *as the metric receives it* (here: [0, 1] pixels). This is what the per-instance implementation
+      of **Quantus up to 0.5.x** computes (``norm_denominator(a=x.flatten())``; read in the 0.1-0.5
+      sources), i.e. the releases available when the paper was written (2023). Values are then on a
+      different scale (:math:`\lVert x\rVert_F \approx 200` for a 224² photo in [0, 1], against
+      :math:`\lVert S\rVert_F \lesssim 224`), and they also change with the input scaling.
+
+    Which one the paper ran is not known. For ``"input"``: the paper's date (2023) predates Quantus
+    0.6. For ``"explanation"`` (the default we keep): it is the current Quantus and Captum definition,
+    and the paper's values (1.03-1.25, Table 4) fit it; with [0, 1] maps and [0, 1] images the
+    ``"input"`` ratio is at most :math:`\sqrt{HW}/\lVert x\rVert_F` (about 1.1 for a photo of mean
+    brightness 0.45) and reaching it needs a map that flips completely, so Table 4's values under
+    ``"input"`` would need maps or inputs on another scale than ours.
+
+    Noise. The noise is added to the **[0, 1] image**, before the model's own standardization
+    (r = 0.2 is about 0.9 standard deviations of ImageNet pixels), and the result is **clamped to
+    [0, 1]** (``clamp=False`` keeps it unclamped). Quantus instead adds unclamped noise to whatever
+    array the model takes as input: the [0, 1] image when standardization is a layer inside the model
+    (as in the official Opti-CAM code, SPEC §3.1), the standardized tensor otherwise. Quantus draws
+    from ``np.random`` (global state); we draw from a CPU generator seeded with ``seed``, sample by
+    sample, each sample one ``[B, 3, H, W]`` tensor (device-independent). Other choices: a zero
+    denominator is replaced by 1 (as Captum; Quantus would return inf/NaN); maps are not
+    re-normalized (explainers already return maps in [0, 1]; Quantus' ``normalise`` defaults to
+    False for this metric). ``maps`` may pass precomputed :math:`S(x)`.
     """
     _check(images)
+    if normalize_by not in NORMALIZATIONS:
+        raise ValueError(f"normalize_by must be one of {NORMALIZATIONS}, got {normalize_by!r}")
     cls = _as_classes(classes, images.shape[0], images.device)
     # The explainer runs with autograd enabled: gradient methods and Opti-CAM need it.
     s0 = _explain_chunks(explainer, images, cls, batch_size) if maps is None else maps
     with torch.no_grad():
         s0 = s0.detach().to(images.device).flatten(1).double()
-        denom = s0.norm(dim=1)
+        ref = s0 if normalize_by == "explanation" else images.flatten(1).double()
+        denom = ref.norm(dim=1)
         denom = torch.where(denom == 0, torch.ones_like(denom), denom)
         gen = torch.Generator().manual_seed(seed)
         # All samples are drawn first (same draws, same order as one sample at a time) and explained

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,15 +33,25 @@ import torch
 
 from ..methods import METHODS, PAPER_NAMES, method_for_paper_name
 from ..metrics import METRICS, classification
+from . import distributed as _dist
 from . import experiments as ex
 from .paper import PAPER_NETWORK, paper_table
 from .results import ResultTable
+
+# tqdm's notebook bar warns once per kernel when ipywidgets is missing (papermill kernels): harmless.
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 #: Score function of a table: ``score(model, batch, maps) -> {column: [B] values}``.
 ScoreFn = Callable[[Any, "ex.Batch", torch.Tensor], Mapping[str, Any]]
 
 #: The paper's network name of each model family column (Tables 2, 3 and A.8 use the transformers).
 TRANSFORMER_NETWORK = {"vit_base_patch16_224": "vit_b", "deit_base_patch16_224": "deit_b"}
+#: The networks of ours whose numbers the paper reports, per dataset (App. E: fine-tuned CNNs).
+PAPER_MODELS = {
+    "imagenet": ("resnet50", "vgg16_bn", *TRANSFORMER_NETWORK),
+    "chestxray": ("resnet50", "vgg16_bn"),
+    "kvasir": ("resnet50", "vgg16_bn"),
+}
 
 
 def arrow(metric: str) -> str:
@@ -81,7 +93,7 @@ def table_methods(
 
 
 def classification_scores(model, batch, maps) -> dict[str, torch.Tensor]:
-    """AD / AG / AI (%) of the ground-truth class, eqs. (13)-(15)."""
+    """AD (eq. 13), AI (eq. 14) and AG (eq. 15), in %, of the ground-truth class."""
     r = classification(model, batch.images, maps, batch.labels)
     return {m: r[m] for m in ("AD", "AG", "AI")}
 
@@ -102,11 +114,18 @@ class TableRun:
         self.params = dict(params)
         self.metrics = list(metrics)
         self.start = time.time()
-        self.out = Path(self.params.get("output_dir") or "_build/results")
+        shared = Path(self.params.get("output_dir") or "_build/results")
+        shared.mkdir(parents=True, exist_ok=True)
+        # Sharded run (torchrun): rows from every rank in the shared folder; what only rank 0
+        # publishes (summary, configs, provenance, figures) in a folder of each rank > 0.
+        self.params["device"] = _dist.device(self.params.get("device", "cpu"))
+        self.out = _dist.rank_dir(shared)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.table = ResultTable(self.out / f"{name}_rows.csv")
+        self.table = ResultTable(shared / f"{name}_rows.csv")
         self.configs: dict[str, dict] = {}
         self.data = None
+        #: Networks that could not be loaded, with the reason (see :meth:`try_setup`).
+        self.unavailable: dict[str, str] = {}
 
     # ------------------------------------------------------------------ setup
     def setup(self, model_name: str):
@@ -114,6 +133,17 @@ class TableRun:
         model, data, cache, _ = ex.setup(self.params, model_name)
         self.data = data
         return model, data, cache
+
+    def try_setup(self, model_name: str):
+        """:meth:`setup`, or ``None`` when the network's pretrained weights cannot be had here
+        (offline without a cached copy): the reason is kept in :attr:`unavailable` for the page."""
+        from ..models import WeightsUnavailableError
+
+        try:
+            return self.setup(model_name)
+        except WeightsUnavailableError as err:
+            self.unavailable[model_name] = str(err)
+            return None
 
     def methods(self, model, table: str | None = None) -> list[str]:
         """The paper's methods of this table for ``model``'s network, as selected by ``methods``."""
@@ -130,6 +160,11 @@ class TableRun:
         return table_methods(
             table or self.name, paper_network(model.name), getattr(model, "family", "cnn")
         )[1]
+
+    def methods_missing(self, model_name: str, table: str | None = None) -> list[str]:
+        """:meth:`paper_only` by model name (the family is read from the registry of models)."""
+        family = "vit" if model_name in TRANSFORMER_NETWORK else "cnn"
+        return table_methods(table or self.name, paper_network(model_name), family)[1]
 
     def options(self, method: str, iterations: int | None = None) -> dict[str, Any]:
         """Options of ``method`` in the notebooks (:func:`experiments.method_options`)."""
@@ -182,7 +217,10 @@ class TableRun:
                     "label": int(batch.labels[j]),
                     "pred": int(pred[j]),
                     "seconds": seconds[j],
-                    **{k: float(v[j]) for k, v in values.items()},
+                    **{
+                        k: v[j] if isinstance(v, (list, tuple)) else float(v[j])
+                        for k, v in values.items()
+                    },
                 }
                 for j, image_id in enumerate(batch.ids)
             ]
@@ -204,10 +242,17 @@ class TableRun:
         path = self.out / f"{self.name}_configs.json"
         known = json.loads(path.read_text()) if path.exists() else {}
         known.update(self.configs)
-        path.write_text(json.dumps(known, indent=1, sort_keys=True, default=str) + "\n")
+        text = json.dumps(known, indent=1, sort_keys=True, default=str) + "\n"
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)  # a reader never sees a half-written file
 
     def collect(self, data=None) -> pd.DataFrame:
-        """The rows of the configurations run in this session, for the images of ``data``."""
+        """The rows of the configurations run in this session, for the images of ``data``.
+
+        In a sharded run every rank first waits for the others (a barrier), then reads the rows of
+        every rank's file: the merged rows equal those of a single process."""
+        _dist.barrier(f"collect:{self.name}")
         data = data if data is not None else self.data
         df = self.table.read(dtype={"config": str, "variant": str, "method": str, "model": str})
         if df.empty:
@@ -310,19 +355,26 @@ class TableRun:
         return float(res.mean), float(res.low), float(res.high)
 
     def claims(
-        self, per_image: pd.DataFrame, model_name: str, table: str | None = None
+        self,
+        per_image: pd.DataFrame,
+        model_name: str,
+        table: str | None = None,
+        dataset: str | None = None,
     ) -> pd.DataFrame:
         """The paper's Opti-CAM claims of this table, checked on our rows with paired intervals.
 
         For each metric: if the paper's Opti-CAM beats every baseline, the claim is "Opti-CAM
         beats the best baseline"; otherwise "the paper's best method beats Opti-CAM". The best
         baseline is chosen on *our* means; the verdict is from the paired bootstrap interval of the
-        difference (``holds`` only when it excludes zero in the claimed direction).
+        difference (``holds`` only when it excludes zero in the claimed direction). ``dataset``
+        selects the paper's rows of one dataset (its ``dataset`` column) in a table with several.
         """
         from ..metrics.uncertainty import verdict
 
         ref = paper_table(table or self.name)
         ref = ref[(ref["network"] == paper_network(model_name)) & (ref["variant"] == "")]
+        if dataset is not None:
+            ref = ref[ref["dataset"] == dataset]
         mine = per_image[(per_image["model"] == model_name) & (per_image["variant"] == "")]
         out = []
         for m in self.metrics:
@@ -367,12 +419,9 @@ class TableRun:
 
     # ------------------------------------------------------------------ display
     def comparable(self, model_name: str) -> bool:
-        """Whether our numbers can be subtracted from the paper's: the paper's network on ImageNet."""
-        return self.params.get("dataset") == "imagenet" and model_name in (
-            "resnet50",
-            "vgg16_bn",
-            *TRANSFORMER_NETWORK,
-        )
+        """Whether our numbers can be subtracted from the paper's: the paper's network on the
+        paper's data (:data:`PAPER_MODELS`; on the medical datasets, our fine-tuned checkpoint)."""
+        return model_name in PAPER_MODELS.get(str(self.params.get("dataset")), ())
 
 
 def with_interval(summary: pd.DataFrame, metric: str, digits: int = 1) -> pd.Series:
@@ -514,7 +563,7 @@ def show(frame: pd.DataFrame, caption: str) -> None:
     """Display a comparison table compactly (no wrapping inside cells)."""
     from IPython.display import display
 
-    styler = frame.style.set_caption(caption).set_table_styles(
+    styler = frame.style.format(precision=1, na_rep="–").set_caption(caption).set_table_styles(
         [{"selector": "th, td", "props": "white-space: nowrap; padding: 0 0.4em"}]
     )
     display(styler)
@@ -542,3 +591,73 @@ def insertion_deletion_scores(id_step: int = 224) -> ScoreFn:
         return out
 
     return score
+
+
+# ---------------------------------------------------------------------- localization (A.7, A.8)
+
+#: Localization metrics of Tables A.7 and A.8, in the paper's column order.
+LOCALIZATION_METRICS = ["OM", "LE", "F1", "BoxAcc", "SP", "EP", "SM"]
+
+
+def _hit_shape() -> tuple[int, int]:
+    from ..metrics.localization import DELTAS, ETAS
+
+    return (len(ETAS), len(DELTAS))
+
+
+def pack_hits(hits: torch.Tensor) -> str:
+    """A per-image BoxAcc hit table ``[n_eta, n_delta]`` (bool) as a hex string for a CSV cell."""
+    import numpy as np
+
+    return np.packbits(hits.cpu().numpy().reshape(-1)).tobytes().hex()
+
+
+def unpack_hits(text: str) -> torch.Tensor:
+    """Inverse of :func:`pack_hits`."""
+    import numpy as np
+
+    shape = _hit_shape()
+    bits = np.unpackbits(np.frombuffer(bytes.fromhex(text), dtype=np.uint8))
+    return torch.from_numpy(bits[: int(np.prod(shape))].reshape(shape).astype(bool))
+
+
+def localization_scores(model, batch, maps) -> dict[str, Any]:
+    """Score function of Tables A.7/A.8: OM, LE, F1, SP, EP, SM, P, R, IoU per image (NaN for images
+    without a usable box), whether the image is valid, and its packed BoxAcc hit table."""
+    from ..metrics.localization import box_crop_probs, localization
+
+    labels = batch.labels
+    predicted = batch.logits.argmax(1)
+    r = localization(
+        maps,
+        batch.boxes,
+        pred_correct=(predicted == labels).cpu(),
+        probs=lambda boxes: box_crop_probs(model, batch.images, boxes, labels),
+    )
+    valid = r["valid"].bool()
+    out: dict[str, Any] = {
+        k: torch.where(valid, r[k].double().cpu(), math.nan)
+        for k in ("OM", "LE", "F1", "SP", "EP", "SM", "P", "R", "IoU")
+    }
+    out["valid"] = valid.double()
+    out["n_boxes"] = torch.tensor([float(len(b)) for b in batch.boxes])
+    out["box_hits"] = [pack_hits(h) for h in r["box_hits"]]
+    return out
+
+
+def localization_summary(run: TableRun, per_image: pd.DataFrame) -> pd.DataFrame:
+    """Means with intervals of the per-image localization metrics and BoxAcc (MaxBoxAccV2, from the
+    pooled hit tables of the valid images; a dataset-level maximum, so no interval)."""
+    from ..metrics.localization import box_accuracy
+
+    valid = per_image[per_image["valid"] > 0]
+    summary = run.summarize(valid, by=("model", "method"))
+    acc = {}
+    for (model_name, method), d in valid.groupby(["model", "method"], sort=False):
+        hits = torch.stack([unpack_hits(h) for h in d["box_hits"]])
+        acc[(model_name, PAPER_NAMES.get(method, method))] = float(box_accuracy(hits)["BoxAcc"])
+    summary["BoxAcc"] = [
+        acc.get((m, meth), math.nan) for m, meth in zip(summary["model"], summary["method"])
+    ]
+    summary.to_csv(run.out / f"{run.name}_summary.csv", index=False)
+    return summary

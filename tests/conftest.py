@@ -1,0 +1,25 @@
+"""Shared fixtures of the suite."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def smoke_book(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The whole book executed once with the ``smoke`` profile (and its site built): the output
+    folder, holding every notebook's rows, summaries and figures, ``notebooks/`` with the executed
+    notebooks and ``_build/html`` with the site. Shared by the book, site and numbers tests so the
+    notebooks run once per session. ``PAPER_CODE_SMOKE_BOOK`` points at an existing run instead."""
+    prebuilt = os.environ.get("PAPER_CODE_SMOKE_BOOK")
+    if prebuilt:
+        return Path(prebuilt)
+    from paper_code.reproduce.publish import build as publish_build
+
+    out = tmp_path_factory.mktemp("smoke-book")
+    html = publish_build("smoke", out=out)
+    assert (Path(html) / "index.html").exists(), f"no site in {html}"
+    return out

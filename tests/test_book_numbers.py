@@ -1,0 +1,98 @@
+"""Numbers of the book that must hold whatever the data: checked on the rows the `smoke` run of the
+whole book wrote (the session fixture ``smoke_book`` in conftest.py runs it once for the suite).
+
+These are sanity checks of the protocol, not of the paper's claims: Fake-CAM masks one pixel, so its
+AD is ~0 and every pixel but one ties for the maximum (SP = 100); insertion starts from a blurred
+image and restores the most salient pixels while deletion removes them, so for any map the
+insertion curve lies above the deletion curve on average; and every method a table runs has a
+value for every metric the paper reports for it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from paper_code.methods import PAPER_NAMES
+from paper_code.reproduce.paper import paper_table
+
+pytestmark = pytest.mark.slow
+
+
+def _rows(out: Path, name: str) -> pd.DataFrame:
+    path = out / f"{name}_rows.csv"
+    assert path.exists(), f"{name} wrote no rows ({path})"
+    return pd.read_csv(path, dtype={"config": str, "id": str, "variant": str})
+
+
+def _summary(out: Path, name: str) -> pd.DataFrame:
+    path = out / f"{name}_summary.csv"
+    assert path.exists(), f"{name} wrote no summary ({path})"
+    return pd.read_csv(path)
+
+
+def test_fakecam_average_drop_is_zero(smoke_book: Path) -> None:
+    rows = _rows(smoke_book, "table1")
+    fake = rows[rows["method"] == "fakecam"]
+    assert len(fake) >= 2
+    assert fake["AD"].abs().max() < 0.5  # one black pixel out of 50,176
+    assert fake["AG"].max() < 0.5
+
+
+def test_fakecam_pointing_game_is_perfect(smoke_book: Path) -> None:
+    rows = _rows(smoke_book, "tableA7")
+    fake = rows[(rows["method"] == "fakecam") & (rows["valid"] > 0)]
+    assert len(fake) >= 1
+    assert (fake["SP"] == 100).all()
+
+
+def test_insertion_above_deletion_on_average(smoke_book: Path) -> None:
+    rows = _rows(smoke_book, "table3")
+    means = rows.groupby("method")[["I", "D"]].mean()
+    assert len(means) >= 5
+    bad = means[means["I"] < means["D"]]
+    assert bad.empty, f"insertion below deletion on average for {list(bad.index)}"
+
+
+def test_opticam_raises_the_masked_logit(smoke_book: Path) -> None:
+    """Fig. 1 records Opti-CAM's objective F (the masked image's class logit, eq. 10) at every
+    iteration: the optimized map scores higher than the initial (channel-mean) map."""
+    trace = pd.read_csv(smoke_book / "fig1_trace.csv")
+    assert len(trace) >= 2
+    assert trace["F"].iloc[-1] > trace["F"].iloc[0]
+
+
+@pytest.mark.parametrize(
+    "name, metrics",
+    [
+        ("table1", ["AD", "AG", "AI"]),
+        ("table3", ["I", "D"]),
+        ("table4", ["AOPC", "ADCC"]),
+        ("tableA7", ["OM", "LE", "F1", "BoxAcc", "SP", "EP", "SM"]),
+    ],
+)
+def test_tables_complete_where_the_paper_has_values(
+    smoke_book: Path, name: str, metrics: list[str]
+) -> None:
+    """Every method that ran has a finite value for every metric the paper reports for it."""
+    summary = _summary(smoke_book, name)
+    paper = paper_table(name)
+    reported = set(zip(paper.dropna(subset=["value"])["method"], paper["metric"]))
+    assert set(summary["method"]) <= set(PAPER_NAMES.values()) | {"S := B", "S := I∖B"}
+    missing = [
+        (row["model"], row["method"], m)
+        for _, row in summary.iterrows()
+        for m in metrics
+        if (row["method"], m) in reported and not math.isfinite(float(row[m]))
+    ]
+    assert not missing, f"{name}: no value for {missing}"
+
+
+def test_intervals_bracket_the_means(smoke_book: Path) -> None:
+    summary = _summary(smoke_book, "table1")
+    for m in ("AD", "AG", "AI"):
+        ok = (summary[f"{m}_lo"] <= summary[m] + 1e-9) & (summary[m] <= summary[f"{m}_hi"] + 1e-9)
+        assert ok.all(), summary[[m, f"{m}_lo", f"{m}_hi"]]
