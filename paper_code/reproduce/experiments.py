@@ -24,6 +24,7 @@ from ..data import collate, load_dataset
 from ..methods import explain, get_method
 from ..methods.cams import scorecam_classes
 from ..models import Classifier, load_model
+from . import distributed as _dist
 from .results import MapCache, ResultTable, key_hash
 
 #: How the class to explain is chosen (Table A.9 uses the last four).
@@ -41,11 +42,117 @@ class Batch:
     logits: torch.Tensor  # [B, C] of the clean images
 
 
-def open_dataset(params: Mapping[str, Any]):
-    """The dataset named by notebook parameters ``dataset``, ``root``, ``n_images`` and ``seed``."""
+#: The paper's medical datasets (App. E) -> their name in the paper's tables (``dataset`` column).
+MEDICAL_DATASETS = {"chestxray": "chest_xray", "kvasir": "kvasir"}
+#: The paper's fine-tuned networks on them.
+MEDICAL_MODELS = ("resnet50", "vgg16_bn")
+
+
+def medical_root(params: Mapping[str, Any], dataset: str) -> str | None:
+    """The data folder of a medical ``dataset``: ``medical_root[dataset]`` (a dict parameter; a
+    plain folder serves both datasets), else ``root`` when the ``dataset`` parameter names it."""
+    roots = params.get("medical_root")
+    if isinstance(roots, Mapping):
+        root = roots.get(dataset)
+    else:  # one folder holding both trees (each loader finds its own below it)
+        root = roots
+    if not root and params.get("dataset") == dataset:
+        root = params.get("root")
+    return str(root) if root else None
+
+
+def checkpoint_path(params: Mapping[str, Any], dataset: str, model_name: str) -> str | None:
+    """The fine-tuned checkpoint of ``model_name`` on ``dataset`` named by the ``checkpoints``
+    parameter: a dict ``{"<dataset>-<model>": path}`` or the folder ``python -m paper_code
+    finetune --out`` wrote (holding ``<dataset>-<model>.pt``). ``None`` when not given."""
+    given = params.get("checkpoints")
+    if not given:
+        return None
+    if isinstance(given, Mapping):
+        path = given.get(f"{dataset}-{model_name}")
+        return str(path) if path else None
+    return str(Path(str(given)) / f"{dataset}-{model_name}.pt")
+
+
+def medical_plan(params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every (dataset, model) of the medical tables and whether it can run with these parameters:
+    the paper's four pairs (:data:`MEDICAL_DATASETS` x :data:`MEDICAL_MODELS`), then any other
+    ``<dataset>-<model>`` key of ``checkpoints``. Each entry: ``dataset``, ``model``, ``root``,
+    ``checkpoint`` and ``missing`` (empty when both the data folder and the checkpoint exist, else
+    what is missing, in words)."""
+    pairs = [(d, m) for d in MEDICAL_DATASETS for m in MEDICAL_MODELS]
+    given = params.get("checkpoints")
+    if isinstance(given, Mapping):
+        for key in given:
+            d, _, m = str(key).partition("-")
+            if d in MEDICAL_DATASETS and m and (d, m) not in pairs:
+                pairs.append((d, m))
+    plan = []
+    for d, m in pairs:
+        root, ckpt = medical_root(params, d), checkpoint_path(params, d, m)
+        missing = []
+        if not root:
+            missing.append("no data folder given (parameter medical_root)")
+        elif not Path(root).exists():
+            missing.append(f"data folder {root} does not exist")
+        if not ckpt:
+            missing.append("no fine-tuned checkpoint given (parameter checkpoints)")
+        elif not Path(ckpt).is_file():
+            missing.append(f"checkpoint {ckpt} does not exist")
+        plan.append(
+            {
+                "dataset": d,
+                "model": m,
+                "root": root,
+                "checkpoint": ckpt,
+                "missing": "; ".join(missing),
+            }
+        )
+    return plan
+
+
+def _open_medical(name: str, params: Mapping[str, Any], checkpoint: str | None):
+    """Test split of Chest X-ray or Kvasir; Kvasir's split is the one the checkpoint was
+    fine-tuned with (the split file it records, else the same seed)."""
+    root = medical_root(params, name)
+    if not root or not Path(root).exists():
+        raise FileNotFoundError(
+            f"dataset {name!r} needs its data folder, got {root!r}; pass "
+            f"-p medical_root '{{{name}: /path/to/data}}' (see the 'Reproducing the results' page)"
+        )
+    kw: dict[str, Any] = {"root": root, "split": params.get("split") or "test"}
+    n = params.get("n_images")
+    if n:  # a seeded subset of the test set
+        kw["subset"] = int(n)
+    if name == "chestxray":
+        kw["seed"] = int(params.get("seed", 0))
+    else:
+        split_seed, split_file = int(params.get("split_seed") or 0), None
+        if checkpoint is not None:
+            from ..finetune import checkpoint_info
+
+            info = checkpoint_info(checkpoint)
+            split_seed = int((info.get("config") or {}).get("split_seed", split_seed))
+            split_file = info.get("split_file")
+        kw["seed"] = split_seed
+        if split_file and Path(split_file).is_file():
+            kw["split_file"] = split_file
+        else:  # recomputed from the file names and the seed (deterministic), kept beside the rows
+            kw["index_dir"] = params.get("output_dir") or "_build/results"
+    return load_dataset(name, **kw)
+
+
+def open_dataset(params: Mapping[str, Any], checkpoint: str | None = None):
+    """The dataset named by notebook parameters ``dataset``, ``root``, ``n_images`` and ``seed``.
+
+    The medical datasets (:data:`MEDICAL_DATASETS`) open their test split (``split`` parameter)
+    from :func:`medical_root`; for Kvasir, ``checkpoint`` (a fine-tuned checkpoint) gives the
+    split it was fine-tuned with."""
     name = params.get("dataset", "sample")
     root = params.get("root")
     n = params.get("n_images")
+    if name in MEDICAL_DATASETS:
+        return _open_medical(name, params, checkpoint)
     if name == "sample":
         ds = load_dataset("sample")
         if n and int(n) < len(ds):  # the first n photos, in the order of sample_images.json
@@ -328,31 +435,62 @@ def run_rows(
 
     ``tag`` (e.g. ``{"model": "resnet50", "method": "opticam"}``) is added to each row and is what
     "already done" is checked against, so one table can hold many methods and models.
+
+    Under ``torchrun`` (:mod:`paper_code.reproduce.distributed`) each rank computes only its shard
+    of the images (every N-th id), appends to its own rows file (``table.for_rank()``), counts as
+    done the rows of every rank file (so a rerun with another N reuses every finished image), and
+    waits at a barrier at the end, so that whatever reads ``table`` next sees every rank's rows.
     """
-    done = table.done_ids(**{k: str(v) for k, v in tag.items()}) if table.path.exists() else set()
+    done = table.done_ids(**{k: str(v) for k, v in tag.items()})
     ids = _ids(dataset)
+    if _dist.is_distributed():
+        mine = set(_dist.shard(ids))
+        done = done | {x for x in ids if x not in mine}
+        out = table.for_rank()
+    else:
+        out = table
     todo = [x for x in ids if x not in done]
-    if not todo:
-        return
-    bar = tqdm(total=len(todo), desc=desc or str(dict(tag)), disable=not progress, leave=False)
-    for batch in batches(model, dataset, batch_size, device, skip=done):
-        rows = [{**tag, **row} for row in rows_for_batch(batch)]
-        table.append(rows)
-        bar.update(len(batch.ids))
-    bar.close()
+    if todo:
+        bar = tqdm(total=len(todo), desc=desc or str(dict(tag)), disable=not progress, leave=False)
+        for batch in batches(model, dataset, batch_size, device, skip=done):
+            rows = [{**tag, **row} for row in rows_for_batch(batch)]
+            out.append(rows)
+            bar.update(len(batch.ids))
+        bar.close()
+    _dist.barrier(f"rows:{table.path.name}:{key_hash(dict(tag), 12)}")
 
 
 def setup(
     params: Mapping[str, Any], model_name: str | None = None
 ) -> tuple[Classifier, Any, MapCache, Path]:
-    """Model, dataset, shared map cache and output folder from notebook parameters."""
+    """Model, dataset, shared map cache and output folder from notebook parameters.
+
+    On a medical dataset (:data:`MEDICAL_DATASETS`) the model is the fine-tuned checkpoint of
+    (dataset, model) named by the ``checkpoints`` parameter (:func:`checkpoint_path`); it is
+    required (ImageNet weights cannot classify X-rays) and its classes must be the dataset's."""
     device = params.get("device", "cpu")
     name = model_name or (params.get("models") or ["efficientnet_lite0"])[0]
     weights = (
         (params.get("weights") or {}).get(name) if isinstance(params.get("weights"), dict) else None
     )
+    dataset_name = params.get("dataset")
+    checkpoint = None
+    if dataset_name in MEDICAL_DATASETS:
+        checkpoint = checkpoint_path(params, dataset_name, name)
+        if not checkpoint or not Path(checkpoint).is_file():
+            raise FileNotFoundError(
+                f"{dataset_name} {name}: no fine-tuned checkpoint ({checkpoint!r}); run "
+                f"python -m paper_code finetune --dataset {dataset_name} --model {name} ... and "
+                f"pass -p checkpoints '{{{dataset_name}-{name}: /path/to/{dataset_name}-{name}.pt}}'"
+            )
+        weights = checkpoint
     model = load_model(name, weights=weights, device=device)
-    dataset = open_dataset(params)
+    dataset = open_dataset(params, checkpoint)
+    if checkpoint is not None and list(model.categories) != list(dataset.categories):
+        raise ValueError(
+            f"{checkpoint} was fine-tuned on classes {list(model.categories)}, not on the "
+            f"{dataset_name} classes {list(dataset.categories)}"
+        )
     out = Path(params.get("output_dir", "_build/results"))
     out.mkdir(parents=True, exist_ok=True)
     cache = MapCache(params.get("cache_dir") or out / "cache")

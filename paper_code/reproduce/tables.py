@@ -563,8 +563,12 @@ def show(frame: pd.DataFrame, caption: str) -> None:
     """Display a comparison table compactly (no wrapping inside cells)."""
     from IPython.display import display
 
-    styler = frame.style.format(precision=1, na_rep="–").set_caption(caption).set_table_styles(
-        [{"selector": "th, td", "props": "white-space: nowrap; padding: 0 0.4em"}]
+    styler = (
+        frame.style.format(precision=1, na_rep="–")
+        .set_caption(caption)
+        .set_table_styles(
+            [{"selector": "th, td", "props": "white-space: nowrap; padding: 0 0.4em"}]
+        )
     )
     display(styler)
 
