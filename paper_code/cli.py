@@ -86,7 +86,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     # Under torchrun, rank r > 0 writes its executed notebook under <out>/ranks/rank<r>; rank 0's
     # is the one the book uses.
     out = distributed.rank_dir(args.out)
-    with distributed.serve_store():
+    with distributed.serve_store(), distributed.notebook_scope(Path(args.notebook).stem):
         try:
             path = run_notebook(
                 args.notebook,
@@ -95,7 +95,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
                 profile=args.profile,
             )
         except NotebookError as e:
-            distributed.abort(str(e))
+            distributed.abort(str(e))  # the other ranks' barriers fail instead of waiting
             print(f"error: {e}", file=sys.stderr)
             return 1
     print(f"executed notebook: {path}")
@@ -109,18 +109,33 @@ def cmd_reproduce(args: argparse.Namespace, argv: list[str] | None = None) -> in
     launched = _launch(args, argv)
     if launched is not None:
         return launched
-    with distributed.serve_store():
-        if distributed.rank() > 0:  # the same notebooks on this rank's shard; rank 0 builds
-            return distributed.reproduce_worker(
+    if distributed.is_distributed():
+        # Every rank executes the notebooks on its shard; rank 0 then builds the site from its
+        # executed notebooks (the book's), the others stop.
+        with distributed.serve_store():
+            status = distributed.run_notebooks(
                 args.profile, out=args.out, only=args.only, parameters=_params(args.param)
             )
-        return reproduce(
-            args.profile,
-            out=args.out,
-            only=args.only,
-            build=not args.no_build,
-            parameters=_params(args.param),
+            if distributed.rank() > 0:
+                return status
+        return max(
+            status,
+            reproduce(
+                args.profile,
+                out=args.out,
+                only=args.only,
+                build=not args.no_build,
+                parameters=_params(args.param),
+                execute=False,
+            ),
         )
+    return reproduce(
+        args.profile,
+        out=args.out,
+        only=args.only,
+        build=not args.no_build,
+        parameters=_params(args.param),
+    )
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:

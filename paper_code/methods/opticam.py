@@ -13,8 +13,10 @@ Deviations from the paper and from the official code are listed in :func:`optimi
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -175,6 +177,8 @@ def optimize(
     use_channels_last: bool = True,
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
+    compile: bool | str = False,
+    stop_check_every: int = 25,
 ) -> OptiCAMResult:
     r"""Run Opti-CAM (eqs. 8-11) on a batch and return maps, objective trace and weights.
 
@@ -205,6 +209,14 @@ def optimize(
         autocast_dtype: e.g. ``torch.bfloat16`` to run the masked forward passes under autocast (GPU
             speed; off by default, maps then differ slightly).
         progress: show a tqdm bar over iterations.
+        compile: run each iteration under ``torch.compile`` (a string is the compile ``mode``, e.g.
+            ``"max-autotune-no-cudagraphs"``, or a backend name, e.g. ``"aot_eager"``); off by default, and the CPU default stays eager. See
+            :func:`_optimize_compiled`: same per-image rule with static shapes and no host
+            synchronisation per step; maps equal the eager ones up to rounding.
+        stop_check_every: compiled path only: every this many iterations the loop asks the device
+            whether any image is still active (one host synchronisation) and stops if none is;
+            0 never asks (all ``iterations`` run; stopped images are frozen, so the maps are the
+            same).
     """
     if objective_kind not in OBJECTIVES:
         raise ValueError(
@@ -218,6 +230,16 @@ def optimize(
         iterations = 50 if official else 100
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
+    if compile:
+        if official:
+            raise ValueError("compile=True needs the per-image rule (official=False)")
+        return _optimize_compiled(
+            model, images, target, layer, iterations=iterations, lr=lr,
+            objective_kind=objective_kind, normalization=normalization, init=init, tol=tol,
+            snapshots=snapshots, use_channels_last=use_channels_last,
+            autocast_dtype=autocast_dtype, progress=progress,
+            mode=None if compile is True else str(compile), stop_check_every=stop_check_every,
+        )  # fmt: skip
     size = tuple(images.shape[-2:])
     b = images.shape[0]
     device = images.device
@@ -268,6 +290,165 @@ def optimize(
         trace=trace,
         iterations=done,
         weights=torch.softmax(u, dim=1),
+        snapshots=shots,
+    )
+
+
+# --------------------------------------------------------------------------- compiled loop
+
+#: Compiled pieces per model (weakly keyed: a model that is freed takes its graphs along), then per
+#: (size, normalization, mode); and the batch sizes compiled so far, so a smaller batch (the last
+#: one of a dataset, or the images a cache still misses) is padded to one of them instead of
+#: compiling again.
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class _Compiled:
+    saliency: Callable
+    model: Callable
+    step: Callable
+    sizes: set[int] = field(default_factory=set)
+
+
+def _adam_masked(u, m, v, grad, loss, prev, active, done, t, lr_bc1, sqrt_bc2, b1, b2, eps, tol):
+    """One Adam step and the per-image stopping rule on every row, with static shapes: rows that are
+    inactive (stopped earlier, or padding) or stop now keep their u, m and v (same update and rule
+    as :class:`_Adam` and :class:`PerImageStop`, which instead leave those rows out)."""
+    stop = active & ((loss - prev).abs() < tol)
+    prev = torch.where(active, loss, prev)
+    step = active & ~stop
+    m_new = m * b1 + grad * (1 - b1)
+    v_new = v * b2 + grad * grad * (1 - b2)
+    c1, c2 = lr_bc1[t], sqrt_bc2[t]  # [1]: gathered on the device, no host scalar
+    u_new = u - c1 * m_new / (v_new.sqrt() / c2 + eps)
+    s = step[:, None]
+    u = torch.where(s, u_new, u)
+    m = torch.where(s, m_new, m)
+    v = torch.where(s, v_new, v)
+    return u, m, v, prev, step, done + step.long(), t + 1
+
+
+def _compiled_parts(model: nn.Module, size, normalization: str, mode: str | None) -> _Compiled:
+    per_model = _COMPILED.setdefault(model, {})
+    key = (tuple(size), normalization, mode)
+    if key not in per_model:
+
+        def sal(u, feats):
+            return saliency(u, feats, size, normalization)
+
+        def net(x):
+            return model(x)
+
+        # A mode of torch.compile ("max-autotune", ...) or the name of a backend ("aot_eager":
+        # graphs captured and differentiated, not code-generated: quick to build, for tests).
+        if mode in (None, "default", "reduce-overhead", "max-autotune",
+                    "max-autotune-no-cudagraphs"):  # fmt: skip
+            kw = {"dynamic": False, "mode": mode}
+        else:
+            kw = {"dynamic": False, "backend": mode}
+        per_model[key] = _Compiled(
+            torch.compile(sal, **kw), torch.compile(net, **kw), torch.compile(_adam_masked, **kw)
+        )
+    return per_model[key]
+
+
+def _on_device(target: Target, device: torch.device) -> Target:
+    """The target with its class tensors moved to ``device`` once (not at every step: a copy from
+    host memory would synchronise)."""
+    if isinstance(target, _Subset):
+        return _Subset(_on_device(target.target, device), target.idx.to(device))
+    classes = getattr(target, "classes", None)
+    if isinstance(classes, torch.Tensor) and classes.device != device:
+        target = copy.copy(target)
+        target.classes = classes.to(device)
+    return target
+
+
+class _Padded:
+    """Rows ``>= b`` are padding: they read the target of row 0 (any valid row)."""
+
+    def __init__(self, target: Target, b: int) -> None:
+        self.target, self.b = target, b
+
+    def __call__(self, logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return self.target(logits, torch.where(index < self.b, index, torch.zeros_like(index)))
+
+
+def _optimize_compiled(
+    model, images, target, layer, *, iterations, lr, objective_kind, normalization, init, tol,
+    snapshots, use_channels_last, autocast_dtype, progress, mode, stop_check_every,
+) -> OptiCAMResult:  # fmt: skip
+    """Opti-CAM with the iteration under ``torch.compile``: the saliency (weighted sum,
+    upsampling, normalization) and the network's forward and backward (AOTAutograd) are compiled
+    graphs, the Adam step with the stopping rule (:func:`_adam_masked`) a third one.
+
+    Every row stays in the batch at every step (static shapes) and the per-image rule is a mask,
+    so nothing asks the host per step (no ``.item()``, no ``nonzero``): an image that stops keeps
+    the u that produced its last loss, exactly as in the eager loop. A batch smaller than one
+    compiled before for this model is padded to that size with inactive rows, so the last batch of
+    a dataset does not compile again.
+    """
+    size = tuple(images.shape[-2:])
+    b = images.shape[0]
+    device = images.device
+    fn = OBJECTIVE_FUNCTIONS[objective_kind]
+    parts = _compiled_parts(model, size, normalization, mode)
+    bp = min((n for n in parts.sizes if n >= b), default=b)
+    parts.sizes.add(bp)
+    target = _on_device(target, device)
+    if bp > b:
+        images = torch.cat([images, images[:1].expand(bp - b, *images.shape[1:])])
+        target = _Padded(target, b)
+    with frozen(model), channels_last(model, use_channels_last):
+        feats, clean = _features(model, layer, images, target)
+        x = images.contiguous(memory_format=torch.channels_last) if use_channels_last else images
+        index = torch.arange(bp, device=device)
+        u = torch.full((bp, feats.shape[1]), float(init), device=device)
+        m, v = torch.zeros_like(u), torch.zeros_like(u)
+        prev = torch.full((bp,), float("nan"), device=device)
+        active = torch.arange(bp, device=device) < b
+        done = torch.zeros(bp, dtype=torch.long, device=device)
+        trace = torch.full((iterations, bp), float("nan"), device=device)
+        # Adam's bias corrections as in _Adam (double precision, then float32), one per step.
+        # The tables have a fixed length (128, or the next power of two), so that another
+        # iteration count does not change a shape and compile again.
+        b1, b2 = 0.9, 0.999
+        steps = range(1, max(128, 1 << max(iterations - 1, 0).bit_length()) + 1)
+        lr_bc1 = torch.tensor([lr / (1 - b1**k) for k in steps], device=device)
+        sqrt_bc2 = torch.tensor([math.sqrt(1 - b2**k) for k in steps], device=device)
+        t = torch.zeros(1, dtype=torch.long, device=device)  # step index, on the device
+        want = set(int(s) for s in snapshots)
+        shots: dict[int, torch.Tensor] = {}
+        if 0 in want:
+            shots[0] = saliency(u, feats, size, normalization)[:b].detach()
+        nan = torch.tensor(float("nan"), device=device)
+        bar = tqdm(range(iterations), desc="Opti-CAM", disable=not progress, leave=False)
+        for it in bar:
+            ur = u.detach().requires_grad_(True)
+            masks = parts.saliency(ur, feats)
+            with torch.autocast(
+                device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
+            ):
+                f = fn(parts.model, x, masks, target, index, clean)
+            loss = -f.float()
+            trace[it] = torch.where(active, -loss.detach(), nan)
+            (grad,) = torch.autograd.grad(loss.sum(), ur)
+            u, m, v, prev, active, done, t = parts.step(
+                u, m, v, grad, loss.detach(), prev, active, done, t, lr_bc1, sqrt_bc2,
+                b1, b2, 1e-8, tol,
+            )  # fmt: skip
+            if (it + 1) in want:
+                shots[it + 1] = saliency(u, feats, size, normalization)[:b].detach()
+            if stop_check_every and (it + 1) % stop_check_every == 0 and not bool(active.any()):
+                break
+        bar.close()
+        maps = saliency(u, feats, size, normalization)
+    return OptiCAMResult(
+        maps=maps[:b].detach().contiguous(),
+        trace=trace[:, :b],
+        iterations=done[:b],
+        weights=torch.softmax(u[:b], dim=1),
         snapshots=shots,
     )
 

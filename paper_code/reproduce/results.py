@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import os
@@ -295,28 +296,59 @@ class ResultTable:
             Path(tmp).unlink(missing_ok=True)
             raise
 
+    def for_rank(self, r: int | None = None) -> ResultTable:
+        """The table this rank appends to: itself in a single process, ``<stem>.rank<r>.csv`` in a
+        sharded run (:func:`paper_code.reproduce.distributed.rank_path`), so that two processes
+        never append to one file. Reading either table sees the rows of every file."""
+        from .distributed import rank_path
+
+        path = rank_path(self.path, r)
+        return self if path == self.path else ResultTable(path, self.id_column)
+
+    def files(self) -> list[Path]:
+        """The files holding rows: this path and the per-rank files of sharded runs beside it."""
+        from .distributed import rank_paths
+
+        return [p for p in rank_paths(self.path) if p.exists() and p.stat().st_size > 0]
+
+    def _frames(self, dtype: Mapping[str, Any] | None) -> list[pd.DataFrame]:
+        frames = []
+        for p in self.files():
+            data = p.read_bytes()
+            data = data[: data.rfind(b"\n") + 1]  # a line another process is still writing
+            if data.count(b"\n") < 1:
+                continue
+            kw: dict[str, Any] = {"dtype": dtype}
+            if dtype is str:
+                kw["keep_default_na"] = False
+            frames.append(pd.read_csv(io.BytesIO(data), **kw))
+        return frames
+
     def done_ids(self, **where: Any) -> set[str]:
         """Ids of the rows whose columns equal ``where`` (compared as text), e.g.
-        ``done_ids(model="resnet50", method="opticam")``."""
-        if self.columns is None:
-            return set()
-        df = pd.read_csv(self.path, dtype=str, keep_default_na=False)
-        mask = pd.Series(True, index=df.index)
-        for col, value in where.items():
-            if col not in df.columns:
-                return set()
-            mask &= df[col] == _cell(value)
-        return set(df.loc[mask, self.id_column])
+        ``done_ids(model="resnet50", method="opticam")``; rows of every rank file count."""
+        done: set[str] = set()
+        for df in self._frames(str):
+            mask = pd.Series(True, index=df.index)
+            for col, value in where.items():
+                if col not in df.columns:
+                    mask[:] = False
+                    break
+                mask &= df[col] == _cell(value)
+            done |= set(df.loc[mask, self.id_column])
+        return done
 
     def read(
         self, dedupe: Sequence[str] | None = None, dtype: Mapping[str, Any] | None = None
     ) -> pd.DataFrame:
-        """All rows as a DataFrame (empty if nothing was written). ``dedupe``: columns that
-        identify a row; duplicates (e.g. from a rerun after a crash) keep the last one.
-        ``dtype``: column types for :func:`pandas.read_csv` (the id column is always text)."""
-        if self.columns is None:
+        """All rows as a DataFrame (empty if nothing was written): this file's, then those of the
+        per-rank files of sharded runs (by rank). ``dedupe``: columns that identify a row;
+        duplicates (e.g. from a rerun after a crash) keep the last one. ``dtype``: column types
+        for :func:`pandas.read_csv` (the id column is always text)."""
+        frames = self._frames({**(dtype or {}), self.id_column: str})
+        if not frames:
             return pd.DataFrame()
-        df = pd.read_csv(self.path, dtype={**(dtype or {}), self.id_column: str})
+        df = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True, sort=False)
         if dedupe:
             df = df.drop_duplicates(subset=list(dedupe), keep="last").reset_index(drop=True)
         return df
