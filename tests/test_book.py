@@ -4,6 +4,10 @@ notebook with the ``smoke`` profile."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import jupytext
@@ -11,23 +15,28 @@ import nbformat
 import pytest
 import yaml
 
+from paper_code.reproduce import display, publish, setup_cell
 from paper_code.reproduce.notebooks import (
     BOOK_DIR,
     PAPER_ORDER,
     REPO_ROOT,
     REQUIRED_PARAMETERS,
+    TIMINGS_FILE,
     NotebookError,
+    RunTimes,
     is_notebook,
     list_profiles,
     load_profile,
     notebook_parameters,
     profile_parameters,
+    publishable_notebook,
     run_notebook,
     toc_files,
     toc_notebooks,
 )
 from paper_code.reproduce.notebooks import reproduce as reproduce_fn
 from paper_code.reproduce.paper import paper_table, provenance
+from paper_code.reproduce.publish import ENV_REPOSITORY
 
 NOTEBOOK_SOURCES = sorted(p for p in BOOK_DIR.glob("*.md") if is_notebook(p))
 NOTEBOOK_IDS = [p.stem for p in NOTEBOOK_SOURCES]
@@ -109,9 +118,12 @@ def test_config() -> None:
     assert cfg["launch_buttons"]["thebe"] is False
     assert cfg["launch_buttons"]["colab_url"] and cfg["launch_buttons"]["binderhub_url"]
     sphinx = cfg["sphinx"]
-    assert "paper_code.sphinxext" in sphinx["extra_extensions"]
+    assert "paper_code.reproduce.sphinxext" in sphinx["extra_extensions"]
     assert sphinx["config"]["mathjax_path"] == "mathjax/tex-chtml.js"
     assert sphinx["config"]["nb_ipywidgets_js"] == {}
+    for static in sphinx["config"]["html_static_path"]:
+        for css in sphinx["config"]["html_css_files"]:
+            assert (REPO_ROOT / static / css).exists(), f"{static}/{css} missing"
 
 
 # --------------------------------------------------------------------------- profiles
@@ -238,3 +250,210 @@ def test_reproduce_reports_failures_and_still_builds(tmp_path: Path, capsys) -> 
     assert (html / "book" / "good.html").exists() and (html / "book" / "bad.html").exists()
     assert (tmp_path / "o" / "notebooks" / "good.ipynb").exists()
     assert not (root / "book" / "good.ipynb").exists()  # sources untouched
+    assert json.loads((tmp_path / "o" / TIMINGS_FILE).read_text())["seconds"].keys() == {"good"}
+
+
+@pytest.mark.slow
+def test_reproduce_prints_site_path_times_and_no_kernel_warning(
+    tmp_path: Path, capfd, monkeypatch
+) -> None:
+    """The printed site path is the README's; elapsed/remaining times are shown (from the last
+    run's times in the output folder); the kernel's TCP warning does not reach the terminal; and
+    the book builds with -W (no broken link) for a repository setting that is not on GitHub."""
+    monkeypatch.setenv(ENV_REPOSITORY, str(tmp_path / "some-local-clone"))
+    root = tmp_path / "bookroot"
+    (root / "book").mkdir(parents=True)
+    (root / "_config.yml").write_text((REPO_ROOT / "_config.yml").read_text())
+    shutil.copytree(REPO_ROOT / "book" / "_static", root / "book" / "_static")
+    (root / "_toc.yml").write_text(
+        "format: jb-book\nroot: book/intro\nchapters:\n  - file: book/a\n  - file: book/b\n"
+    )
+    (root / "book" / "intro.md").write_text("# Intro\n")
+    cell = "```{{code-cell}} ipython3\n{}\n```\n"
+    params = cell.format(":tags: [parameters]\n\nprofile = 'x'\noutput_dir = '.'")
+    body = cell.format("import os\nprint('book run:', os.environ.get('PAPER_CODE_BOOK_RUN'))")
+    for name in ("a", "b"):
+        (root / "book" / f"{name}.md").write_text(_NB_HEADER + f"# {name}\n\n" + params + body)
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / TIMINGS_FILE).write_text(json.dumps({"seconds": {"a": 30.0, "b": 90.0}}))
+    profile = {"name": "t", "parameters": {}, "notebooks": {}}
+    status = reproduce_fn(profile, out=out, book_root=root, progress=False)
+    captured = capfd.readouterr()
+    assert status == 0, captured.err
+    assert "without encryption" not in captured.err + captured.out
+    assert "estimated time: about 2:00" in captured.out
+    assert re.search(
+        r"\[1/2\] a ok \(\d:\d\d\); run \d:\d\d elapsed, about \d:\d\d left", captured.out
+    )
+    site_line = [line for line in captured.out.splitlines() if line.startswith("site: ")]
+    printed = Path(site_line[-1].removeprefix("site: "))
+    assert printed == out / "_build" / "html" / "index.html" and printed.exists()
+    readme = (REPO_ROOT / "README.md").read_text()
+    documented = re.search(r"site is in `_build/reproduce/<profile>/([^`]+)`", readme)
+    assert documented, "README no longer says where the site is"
+    assert printed.relative_to(out).as_posix() == documented[1]
+    executed = nbformat.read(out / "notebooks" / "a.ipynb", as_version=4)
+    assert "book run: 1" in "".join(
+        o.get("text", "") for c in executed.cells for o in c.get("outputs", [])
+    )
+    page = (out / "_build" / "html" / "book" / "a.html").read_text()
+    assert str(out) not in page, "the page shows the machine's absolute output path"
+    assert "colab.research.google.com" not in page  # no launch button for a non-GitHub setting
+
+
+# --------------------------------------------------------------------------- readers' paths
+
+
+def test_every_notebook_has_the_setup_cell() -> None:
+    """Run `python -m paper_code.reproduce.setup_cell --write` after editing notebooks or the
+    repository setting."""
+    problems = setup_cell.check()
+    assert not problems, (
+        "\n".join(problems) + "\nrun: python -m paper_code.reproduce.setup_cell --write"
+    )
+
+
+def test_setup_cell_writer_is_idempotent_and_keeps_pairs_in_sync(tmp_path: Path) -> None:
+    shutil.copy2(REPO_ROOT / "_toc.yml", tmp_path / "_toc.yml")
+    (tmp_path / "book").mkdir()
+    for src in toc_notebooks()[:2]:
+        for suffix in (".md", ".ipynb"):
+            shutil.copy2(src.with_suffix(suffix), tmp_path / "book" / src.with_suffix(suffix).name)
+    names = [p.stem for p in toc_notebooks()[:2]]
+    (tmp_path / "_toc.yml").write_text(
+        "format: jb-book\nroot: book/" + names[0] + "\nchapters:\n  - file: book/" + names[1] + "\n"
+    )
+    source = setup_cell.setup_source("https://github.com/o/r", "main")
+    assert setup_cell.check(tmp_path, source)
+    changed = setup_cell.write(tmp_path, source)
+    assert len(changed) == 2
+    before = {p: p.read_text() for p in (tmp_path / "book").iterdir()}
+    assert setup_cell.write(tmp_path, source) == []  # idempotent
+    assert {p: p.read_text() for p in (tmp_path / "book").iterdir()} == before
+    assert setup_cell.check(tmp_path, source) == []
+    for name in names:
+        md, ipynb = tmp_path / "book" / f"{name}.md", tmp_path / "book" / f"{name}.ipynb"
+        assert _code_sources(jupytext.read(md)) == _code_sources(jupytext.read(ipynb))
+        nb = jupytext.read(md)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert setup_cell.SETUP_TAG in code[0].metadata["tags"]
+        assert "remove-cell" in code[0].metadata["tags"]  # hidden in the book
+        assert "parameters" in code[1].metadata["tags"]  # papermill still finds its cell
+        raw = json.loads(ipynb.read_text())
+        assert all(c.get("outputs", []) == [] for c in raw["cells"] if c["cell_type"] == "code")
+    # A new setting updates the cell in place.
+    other = setup_cell.setup_source("https://github.com/me/fork", "main")
+    assert len(setup_cell.write(tmp_path, other)) == 2
+    assert "me/fork" in (tmp_path / "book" / f"{names[0]}.ipynb").read_text()
+    assert (tmp_path / "book" / f"{names[0]}.md").read_text().count(setup_cell.SETUP_TAG) == 1
+
+
+def test_setup_cell_is_a_noop_where_paper_code_is_installed(tmp_path: Path) -> None:
+    env = {"PAPER_CODE_REPOSITORY": str(tmp_path / "nowhere"), "PATH": "/usr/bin:/bin"}
+    code = setup_cell.setup_source() + "\nprint('ok')"
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=REPO_ROOT
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "pages", "colab"),
+    [
+        ("https://github.com/Me/opticam.git", "https://me.github.io/opticam/", True),
+        ("https://github.com/me/me.github.io", "https://me.github.io/", True),
+        ("https://gitlab.com/me/opticam", "", False),
+        ("/tmp/a-clone", "", False),
+    ],
+)
+def test_links_from_one_setting(url: str, pages: str, colab: bool) -> None:
+    links = publish.links(url=url, ref="main")
+    assert links["pages"] == pages
+    assert bool(links["colab"]) == colab
+    if colab:
+        assert links["colab"].endswith("/blob/main/book/table1.ipynb")
+        assert links["binder"].startswith("https://mybinder.org/v2/gh/")
+        assert links["pip"].startswith("paper_code[book] @ git+https://github.com/")
+        assert publish.commit_url("0123456789ab+dirty", url).endswith("/commit/0123456789ab")
+    cfg = publish.site_config(publish.book_config(), url=url, ref="main")
+    if pages:
+        assert cfg["html"]["baseurl"] == pages and cfg["repository"]["url"].startswith("https://")
+    else:  # only links that work: no repository or launch buttons
+        assert "url" not in cfg["repository"] and not cfg["html"]["use_repository_button"]
+        assert "colab_url" not in cfg["launch_buttons"]
+    assert publish.pip_requirement("/tmp/a-clone") == "/tmp/a-clone[book]"
+
+
+def test_urls_command() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "paper_code", "urls", "--repository", "https://github.com/o/r"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "https://o.github.io/r/" in done.stdout
+    assert "colab.research.google.com/github/o/r/blob/main/book/table1.ipynb" in done.stdout
+
+
+def test_glue_outside_the_book_shows_values(monkeypatch, capsys) -> None:
+    monkeypatch.delenv(display.ENV_BOOK, raising=False)
+    monkeypatch.setitem(sys.modules, "myst_nb", None)  # not installed
+    display.glue("x_auc", 0.123456)
+    assert display.GLUED["x_auc"] == 0.123456
+    assert capsys.readouterr().out == "x_auc = 0.1235\n"
+    monkeypatch.setenv(display.ENV_BOOK, "1")  # executed for the book: the prose shows it
+    display.glue("y", 2)
+    assert capsys.readouterr().out == ""
+
+
+def test_commit_link() -> None:
+    url = "https://github.com/o/r"
+    assert display.commit_link({"git_commit": "0123456789ab"}, url) == (
+        "[`0123456789ab`](https://github.com/o/r/commit/0123456789ab)"
+    )
+    assert display.commit_link("0123456789ab+dirty", url).endswith("with uncommitted changes")
+    assert display.commit_link({"git_commit": "unknown"}, url) == "`unknown`"
+    assert display.commit_link("0123456789ab", "/tmp/clone") == "`0123456789ab`"
+
+
+def test_run_times_estimates(tmp_path: Path) -> None:
+    path = tmp_path / TIMINGS_FILE
+    path.write_text(json.dumps({"seconds": {"a": 10.0, "b": 20.0, "c": 30.0}}))
+    t = RunTimes(path, ["a", "b", "c", "d"])
+    assert t.remaining() is None  # d never ran here
+    t = RunTimes(path, ["a", "b", "c"])
+    assert t.remaining() == 60.0 and "about 1:00" in t.describe_total()
+    t.done("a", 20.0, True)  # twice as slow as last time: the rest is scaled
+    assert t.estimate("b") == 40.0 and t.remaining() == 100.0
+    assert json.loads(path.read_text())["seconds"]["a"] == 20.0
+    fresh = RunTimes(tmp_path / "none.json", ["x", "y"])
+    assert fresh.remaining() is None
+    fresh.done("x", 12.0, True)
+    assert fresh.remaining() == 12.0  # the mean of this run so far
+
+
+def test_publishable_notebook_has_no_absolute_paths(tmp_path: Path) -> None:
+    out_dir = REPO_ROOT / "_build" / "reproduce" / "x"
+    home_path = Path.home() / "data" / "val"
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("output_dir = '_build/x'", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(
+            f'# Parameters\noutput_dir = "{out_dir}"\nroot = "{home_path}"\n',
+            metadata={"tags": ["injected-parameters"]},
+        ),
+        nbformat.v4.new_code_cell("print(output_dir)"),
+    ]
+    nb.cells[2].outputs = [nbformat.v4.new_output("stream", name="stdout", text=f"{out_dir}\n")]
+    nb.metadata["papermill"] = {"parameters": {"output_dir": str(out_dir)}}
+    src = tmp_path / "in.ipynb"
+    nbformat.write(nb, src)
+    dest = publishable_notebook(src, tmp_path / "out.ipynb", REPO_ROOT)
+    text = dest.read_text()
+    assert str(REPO_ROOT) not in text and str(Path.home()) + "/" not in text
+    pub = nbformat.read(dest, as_version=4)
+    assert len(pub.cells) == 2  # the injected cell is gone ...
+    assert 'output_dir = "_build/reproduce/x"' in pub.cells[0].source  # ... its values shown once
+    assert 'root = "~/data/val"' in pub.cells[0].source
+    assert pub.cells[1].outputs[0]["text"] == "_build/reproduce/x\n"

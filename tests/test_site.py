@@ -22,7 +22,9 @@ from urllib.parse import urldefrag, urljoin, urlparse
 
 import pytest
 
-from paper_code.reproduce.notebooks import reproduce, toc_files, toc_notebooks
+from paper_code.reproduce.notebooks import REPO_ROOT, toc_files, toc_notebooks
+from paper_code.reproduce.publish import build as publish_build
+from paper_code.reproduce.publish import deploy_dry_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = [
@@ -51,8 +53,9 @@ class _Quiet(SimpleHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The book built from smoke-executed notebooks, served on 127.0.0.1; yields the base URL.
+def html_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The book built from smoke-executed notebooks by the publishing workflow's build step
+    (``python -m paper_code.reproduce.publish build``, which runs ``reproduce``).
 
     Set ``PAPER_CODE_SITE`` to an already built ``_build/html`` folder to test it instead."""
     prebuilt = os.environ.get("PAPER_CODE_SITE")
@@ -60,10 +63,17 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         html = Path(prebuilt)
     else:
         out = tmp_path_factory.mktemp("reproduce")
-        status = reproduce("smoke", out=out, progress=False)
-        html = out / "_build" / "html"
-        assert status == 0, "a notebook failed or the build had warnings (see the captured output)"
+        # Raises when a notebook failed or the build had warnings (see the captured output).
+        html = publish_build("smoke", out=out)
+        assert html == out / "_build" / "html"
     assert (html / "index.html").exists(), f"no site in {html}"
+    return html
+
+
+@pytest.fixture(scope="module")
+def site(html_dir: Path) -> Iterator[str]:
+    """The built book served on 127.0.0.1; yields the base URL."""
+    html = html_dir
     handler = functools.partial(_Quiet, directory=str(html))
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -98,7 +108,7 @@ def _status(url: str) -> int:
 
 
 @pytest.mark.parametrize("page_path", PAGES)
-def test_page(site: str, browser: object, page_path: str) -> None:
+def test_page(site: str, html_dir: Path, browser: object, page_path: str) -> None:
     page = browser.new_page()  # type: ignore[attr-defined]
     external: list[str] = []
     js_errors: list[str] = []
@@ -151,9 +161,53 @@ def test_page(site: str, browser: object, page_path: str) -> None:
     broken = [h for h in sorted(internal) if _status(h) != 200]
     assert not broken, f"{page_path}: broken links {broken}"
 
+    # No absolute path of the machine that built it (papermill's injected cell, printed paths).
+    html_text = page.content()
+    for local in (str(REPO_ROOT), str(html_dir.parent.parent)):  # the checkout, the output folder
+        assert local + "/" not in html_text, f"{page_path}: shows the local path {local}"
+    assert "injected-parameters" not in html_text, f"{page_path}: papermill's cell is shown"
+
     assert not js_errors, f"{page_path}: JavaScript errors {js_errors}"
     assert not external, f"{page_path}: requests outside the site {external}"
     page.close()
+
+
+#: Every table and figure of a page: its width against its container's.
+_TOO_WIDE = """() => {
+  const out = [];
+  for (const el of document.querySelectorAll("main table, main img, main figure")) {
+    const box = el.parentElement.closest(
+      ".cell_output, .output, figure, .pst-scrollable-table-container, .table-wrapper, article");
+    if (!box) continue;
+    const w = el.getBoundingClientRect().width, room = box.clientWidth;
+    if (w > room + 1) out.push(`${el.tagName.toLowerCase()} ${Math.round(w)} px in ${Math.round(room)} px`);
+  }
+  return out;
+}"""
+
+
+@pytest.mark.parametrize("page_path", PAGES)
+def test_page_fits(site: str, browser: object, page_path: str) -> None:
+    """At 1280 px every table and figure fits its container; at 400 px (a phone) nothing makes
+    the page scroll sideways."""
+    for width, height in ((1280, 900), (400, 850)):
+        page = browser.new_page(viewport={"width": width, "height": height})  # type: ignore[attr-defined]
+        page.goto(urljoin(site, page_path), wait_until="networkidle")
+        if width == 1280:
+            too_wide = page.evaluate(_TOO_WIDE)
+            assert not too_wide, f"{page_path} at 1280 px: wider than their container: {too_wide}"
+        scroll = page.evaluate(
+            "() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+        )
+        assert scroll[0] <= scroll[1] + 1, f"{page_path} at {width} px scrolls sideways: {scroll}"
+        page.close()
+
+
+def test_deploy_dry_run(html_dir: Path) -> None:
+    """The workflow's deploy step, without deploying: the Pages artifact it would upload."""
+    info = deploy_dry_run(html_dir)
+    assert info["files"] > len(PAGES) and info["bytes"] < 1024**3
+    Path(info["tar"]).unlink()
 
 
 def test_index_redirects_to_intro(site: str, browser: object) -> None:

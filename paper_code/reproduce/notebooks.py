@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import json
 import os
 import shutil
 import subprocess
@@ -52,6 +53,13 @@ BOOK_DIR = REPO_ROOT / "book"
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 #: Parameters holding paths: made absolute (relative to the caller's cwd) before injection.
 PATH_PARAMETERS = ("root", "output_dir", "cache_dir")
+#: Set in the kernel's environment while :func:`run_notebook` executes a notebook for the book
+#: (same name as :data:`paper_code.reproduce.display.ENV_BOOK`).
+BOOK_RUN_ENV = "PAPER_CODE_BOOK_RUN"
+#: Extra kernel arguments: ipykernel's own log shows errors only (not its TCP warning).
+KERNEL_ARGUMENTS = ("--IPKernelApp.log_level=ERROR",)
+#: Per-notebook run times of the last run, in the output folder (for the time estimates).
+TIMINGS_FILE = "timings.json"
 #: Keys every profile must define under ``parameters``.
 REQUIRED_PARAMETERS = (
     "models",
@@ -294,6 +302,10 @@ def run_notebook(
     output = out_dir / f"{name}.ipynb"
     workdir = Path(params["output_dir"]) if params.get("output_dir") else out_dir
     workdir.mkdir(parents=True, exist_ok=True)
+    # The kernel inherits this process's environment: tell the notebook it runs for the book
+    # (paper_code.reproduce.display.glue then leaves the values to the page's prose).
+    saved = os.environ.get(BOOK_RUN_ENV)
+    os.environ[BOOK_RUN_ENV] = "1"
     try:
         papermill.execute_notebook(
             nb,
@@ -304,11 +316,19 @@ def run_notebook(
             cwd=str(workdir),
             execution_timeout=timeout,
             report_mode=False,
+            # ipykernel logs "Kernel is running over TCP without encryption" (a local kernel on
+            # 127.0.0.1) as a warning on our stderr; keep only its errors.
+            extra_arguments=list(KERNEL_ARGUMENTS),
         )
     except PapermillExecutionError as err:
         raise NotebookError(name, err.ename, err.evalue, err.cell_index, output) from err
     except Exception as err:  # kernel died, timeout, bad parameters
         raise NotebookError(name, type(err).__name__, str(err), None, output) from err
+    finally:
+        if saved is None:
+            os.environ.pop(BOOK_RUN_ENV, None)
+        else:
+            os.environ[BOOK_RUN_ENV] = saved
     return output
 
 
@@ -387,16 +407,26 @@ def reproduce(
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    timings = RunTimes(out_dir / TIMINGS_FILE, [n for n, _ in todo])
+    if todo:
+        print(f"estimated time: {timings.describe_total()}", flush=True)
     for i, (name, src) in enumerate(todo, 1):
-        print(f"[{i}/{len(todo)}] {name} ...", flush=True)
+        label = f"[{i}/{len(todo)}] {name}"
+        print(f"{label} ... {timings.describe_start(name)}", flush=True)
         t0 = time.perf_counter()
-        try:
-            path = run_notebook(src, None, executed, profile=prof, progress=progress)
-            runs.append(NotebookRun(name, True, time.perf_counter() - t0, path))
-            print(f"[{i}/{len(todo)}] {name} ok ({time.perf_counter() - t0:.1f} s)", flush=True)
-        except NotebookError as err:
-            runs.append(NotebookRun(name, False, time.perf_counter() - t0, err.output, str(err)))
-            print(f"[{i}/{len(todo)}] {name} FAILED: {err}", file=sys.stderr, flush=True)
+        with _Ticker(label, timings, name, enabled=progress):
+            try:
+                path = run_notebook(src, None, executed, profile=prof, progress=False)
+                ok, error = True, ""
+            except NotebookError as err:
+                path, ok, error = err.output, False, str(err)
+        seconds = time.perf_counter() - t0
+        runs.append(NotebookRun(name, ok, seconds, path, error))
+        timings.done(name, seconds, ok)
+        if ok:
+            print(f"{label} ok ({_hms(seconds)}); {timings.describe_run()}", flush=True)
+        else:
+            print(f"{label} FAILED: {error}", file=sys.stderr, flush=True)
     failed = [r for r in runs if not r.ok]
     status = 1 if failed else 0
     if build:
@@ -413,6 +443,134 @@ def reproduce(
     return status
 
 
+# --------------------------------------------------------------------------- time estimates
+
+
+def _hms(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class RunTimes:
+    """Elapsed and estimated remaining time of a ``reproduce`` run.
+
+    The estimate of each notebook is its time in the last run with the same output folder
+    (``<output_dir>/timings.json``, rewritten after every notebook); notebooks with no recorded
+    time count as the mean of those measured so far in this run (after the first one). Recorded
+    times are scaled by how fast this run goes compared with the last one."""
+
+    def __init__(self, path: Path, names: Sequence[str]) -> None:
+        self.path, self.names = Path(path), list(names)
+        try:
+            loaded = json.loads(self.path.read_text())
+            self.last: dict[str, float] = {
+                k: float(v) for k, v in (loaded.get("seconds") or {}).items()
+            }
+        except (OSError, ValueError, AttributeError):
+            self.last = {}
+        self.now: dict[str, float] = {}  # notebooks that ran in this run, and their times
+        self.finished: set[str] = set()  # ran or failed
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def _speed(self) -> float:
+        pairs = [(self.now[n], self.last[n]) for n in self.now if self.last.get(n)]
+        if not pairs:
+            return 1.0
+        return sum(a for a, _ in pairs) / max(sum(b for _, b in pairs), 1e-9)
+
+    def estimate(self, name: str) -> float | None:
+        """Expected seconds of ``name`` (None: nothing to go on yet)."""
+        if name in self.last:
+            return self.last[name] * self._speed()
+        if self.now:
+            return sum(self.now.values()) / len(self.now)
+        return None
+
+    def remaining(self, current: str | None = None, current_elapsed: float = 0.0) -> float | None:
+        """Seconds left for the notebooks not finished yet (None: unknown)."""
+        left = [n for n in self.names if n not in self.finished]
+        total = 0.0
+        for n in left:
+            e = self.estimate(n)
+            if e is None:
+                return None
+            total += max(e - current_elapsed, 0.0) if n == current else e
+        return total
+
+    def done(self, name: str, seconds: float, ok: bool) -> None:
+        self.finished.add(name)
+        if ok:  # a failed notebook's time says nothing about the others
+            self.now[name] = seconds
+            merged = {**self.last, **{k: round(v, 1) for k, v in self.now.items()}}
+            # ``now`` drives the estimates; ``last`` on disk keeps the newest time of each notebook.
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.path.write_text(json.dumps({"seconds": merged}, indent=1) + "\n")
+            except OSError:
+                pass
+
+    def describe_total(self) -> str:
+        r = self.remaining()
+        if r is None:
+            known = sum(1 for n in self.names if n in self.last)
+            return (
+                f"unknown for {len(self.names) - known} notebook(s) never run into this folder "
+                "(estimates follow after the first notebook)"
+            )
+        return f"about {_hms(r)} (times of the last run in {self.path.name})"
+
+    def describe_start(self, name: str) -> str:
+        e = self.estimate(name)
+        return f"(about {_hms(e)})" if e is not None else ""
+
+    def describe_run(self, current: str | None = None, current_elapsed: float = 0.0) -> str:
+        r = self.remaining(current, current_elapsed)
+        left = "remaining unknown" if r is None else f"about {_hms(r)} left"
+        return f"run {_hms(self.elapsed())} elapsed, {left}"
+
+
+class _Ticker:
+    """On a terminal, one status line updated every second while a notebook runs: the notebook's
+    elapsed and estimated remaining time, and the run's."""
+
+    def __init__(self, label: str, timings: RunTimes, name: str, enabled: bool = True) -> None:
+        import threading
+
+        self.label, self.timings, self.name = label, timings, name
+        self.enabled = enabled and sys.stderr.isatty()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._t0 = time.perf_counter()
+
+    def line(self) -> str:
+        el = time.perf_counter() - self._t0
+        e = self.timings.estimate(self.name)
+        mine = f"{_hms(el)} elapsed" + (f", ~{_hms(max(e - el, 0))} left" if e else "")
+        return f"{self.label}: {mine} | {self.timings.describe_run(self.name, el)}"
+
+    def _loop(self) -> None:
+        while not self._stop.wait(1.0):
+            sys.stderr.write("\r\033[K" + self.line())
+            sys.stderr.flush()
+
+    def __enter__(self) -> _Ticker:
+        if self.enabled:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self._stop.set()
+            self._thread.join()
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
 # --------------------------------------------------------------------------- building the site
 
 
@@ -423,13 +581,24 @@ def prepare_build_tree(
 ) -> Path:
     """Copy ``_config.yml``, ``_toc.yml`` and ``book/`` to ``dest``, with every notebook replaced
     by its executed copy from ``executed/<name>.ipynb`` when there is one, else by its output-free
-    ``.ipynb`` (text ``.md`` notebooks are removed: jupyter-book would prefer them)."""
+    ``.ipynb`` (text ``.md`` notebooks are removed: jupyter-book would prefer them).
+
+    ``_config.yml`` gets the repository setting applied (:func:`paper_code.reproduce.publish.site_config`)
+    and executed notebooks are made publishable (:func:`publishable_notebook`)."""
+    from .publish import site_config
+
     book_root, dest = Path(book_root), Path(dest)
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
-    for f in ("_config.yml", "_toc.yml"):
-        shutil.copy2(book_root / f, dest / f)
+    shutil.copy2(book_root / "_toc.yml", dest / "_toc.yml")
+    # The repository setting (or $PAPER_CODE_REPOSITORY) decides the repository/launch buttons and
+    # the Pages base URL; only links that work for it are kept.
+    config = site_config(yaml.safe_load((book_root / "_config.yml").read_text()) or {})
+    (dest / "_config.yml").write_text(
+        "# Generated by paper_code.reproduce.notebooks.prepare_build_tree from _config.yml\n"
+        + yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
+    )
     shutil.copytree(
         book_root / "book",
         dest / "book",
@@ -442,12 +611,67 @@ def prepare_build_tree(
         ran = Path(executed) / f"{name}.ipynb" if executed else None
         target = md.with_suffix(".ipynb")
         if ran is not None and ran.exists():
-            shutil.copy2(ran, target)
+            publishable_notebook(ran, target, book_root)
         elif not target.exists():
             import jupytext
 
             jupytext.write(jupytext.read(md, fmt="md:myst"), target, fmt="ipynb")
         md.unlink()
+    return dest
+
+
+def _relative_paths(text: str, replacements: Sequence[tuple[str, str]]) -> str:
+    for old, new in replacements:
+        text = text.replace(old, new)
+    return text
+
+
+def publishable_notebook(
+    executed: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    book_root: str | os.PathLike[str] = REPO_ROOT,
+) -> Path:
+    """Copy an executed notebook for the site without the machine's absolute paths.
+
+    The cell papermill injected is removed and its values (the parameters that actually ran) replace
+    the defaults of the cell tagged ``parameters``, so the page shows them once; paths under the
+    book root (the repository) are written relative to it, the run's output folder elsewhere as
+    ``<output_dir>``, paths under the home folder as ``~/…``, in every cell's source and text
+    output and in the papermill metadata."""
+    import nbformat
+
+    root = str(Path(book_root).resolve())
+    home = str(Path.home().resolve())
+    replacements = [(root + "/", ""), (root, ".")]
+    if home not in ("/", root):
+        replacements += [(home + "/", "~/"), (home, "~")]
+    nb = nbformat.read(executed, as_version=4)
+    # The run's output folder, when outside the repository (a temporary or scratch folder).
+    ran_in = ((nb.metadata.get("papermill") or {}).get("parameters") or {}).get("output_dir")
+    if isinstance(ran_in, str) and ran_in.startswith("/") and not Path(ran_in).is_relative_to(root):
+        replacements.insert(0, (ran_in.rstrip("/"), "<output_dir>"))
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    declared = [
+        c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])
+    ]
+    if injected and declared:
+        declared[0].source = "# Parameters of this run (injected by papermill)\n" + injected[
+            0
+        ].source.split("\n", 1)[-1].lstrip("\n")
+        nb.cells.remove(injected[0])
+    for cell in nb.cells:
+        cell.source = _relative_paths(cell.source, replacements)
+        for out in cell.get("outputs", []):
+            if "text" in out:
+                out["text"] = _relative_paths(out["text"], replacements)
+            for mime, value in (out.get("data") or {}).items():
+                if mime.startswith("text/") and isinstance(value, str):
+                    out["data"][mime] = _relative_paths(value, replacements)
+    pm = nb.metadata.get("papermill")
+    if pm:
+        nb.metadata["papermill"] = json.loads(_relative_paths(json.dumps(pm), replacements))
+    dest = Path(dest)
+    nbformat.write(nb, dest)
     return dest
 
 
@@ -475,8 +699,9 @@ def build_site(
 
 #: The table and figure notebooks in the paper's order (figA6 covers Figs. A.6 and A.7).
 PAPER_ORDER = (
-    "table1", "table3", "table4", "table5", "table6", "tableA7", "tableA9", "tableA12",
-    "tableA13", "tableA14", "fig1", "fig2", "fig3", "figA4", "figA5", "figA6",
+    "table1", "table2", "table3", "table4", "table5", "table6", "tableA7", "tableA8", "tableA9",
+    "tableA10", "tableA11", "tableA12", "tableA13", "tableA14", "fig1", "fig2", "fig3", "figA4",
+    "figA5", "figA6",
 )  # fmt: skip
 
 _TOC_HEADER = """\
