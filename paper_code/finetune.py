@@ -59,7 +59,7 @@ from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms import functional as TF
 
 from .data import collate, load_dataset
-from .models import Classifier, load_model
+from .models import Classifier, checkpoint_info, load_model
 
 __all__ = [
     "AUGMENTATIONS",
@@ -412,15 +412,6 @@ def _load_resume(cfg: FinetuneConfig) -> dict[str, Any] | None:
             f"same settings, or --restart"
         )
     return ck
-
-
-def checkpoint_info(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The metadata of a fine-tuned checkpoint (everything but the weights and optimizer state):
-    arch, dataset, categories, stage, epoch, test accuracies, configuration, history..."""
-    ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    if not str(ck.get("format", "")).startswith("paper_code.finetune"):
-        raise ValueError(f"{path} is not a fine-tuned checkpoint of paper_code.finetune")
-    return {k: v for k, v in ck.items() if k not in ("state_dict", "optimizer")}
 
 
 def load_finetuned(

@@ -17,9 +17,10 @@ def smoke_book(tmp_path_factory: pytest.TempPathFactory) -> Path:
     prebuilt = os.environ.get("PAPER_CODE_SMOKE_BOOK")
     if prebuilt:
         return Path(prebuilt)
-    from paper_code.reproduce.publish import build as publish_build
+    from paper_code.reproduce.notebooks import reproduce
 
     out = tmp_path_factory.mktemp("smoke-book")
-    html = publish_build("smoke", out=out)
-    assert (Path(html) / "index.html").exists(), f"no site in {html}"
+    # Does not raise when a notebook fails: each test then reports what it finds (the failing
+    # notebook's own test names it); the site is still built from the others.
+    reproduce("smoke", out=out, progress=False)
     return out

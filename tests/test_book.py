@@ -202,17 +202,19 @@ def test_run_notebook_reports_failing_cell(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("md", NOTEBOOK_SOURCES, ids=NOTEBOOK_IDS)
-def test_notebook_smoke(md: Path, tmp_path: Path) -> None:
-    """Every notebook runs end to end with the smoke profile (2 images, 3 iterations, CPU)."""
-    params = {"output_dir": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache")}
-    out = run_notebook(md, params, tmp_path / "nb", profile="smoke", progress=False)
+def test_notebook_smoke(md: Path, smoke_book: Path) -> None:
+    """Every notebook ran end to end with the smoke profile (2 images, 3 iterations, CPU) in the
+    session's one run of the whole book (``smoke_book`` in conftest.py)."""
+    out = smoke_book / "notebooks" / f"{md.stem}.ipynb"
+    assert out.exists(), f"{md.stem} was not executed (see the reproduce output above)"
     nb = nbformat.read(out, as_version=4)
     for cell in nb.cells:
         for o in cell.get("outputs", []):
             assert o.output_type != "error", f"{md.stem}: {o.get('ename')}: {o.get('evalue')}"
             if o.output_type == "stream" and o.name == "stderr":
                 assert "Traceback" not in o.text, o.text
-    assert list((tmp_path / "out").iterdir()), "the notebook wrote nothing to output_dir"
+    written = [p for p in smoke_book.iterdir() if p.name.startswith(f"{md.stem}_")]
+    assert written, f"{md.stem} wrote nothing to output_dir"
 
 
 _NB_HEADER = (

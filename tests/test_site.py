@@ -23,7 +23,6 @@ from urllib.parse import urldefrag, urljoin, urlparse
 import pytest
 
 from paper_code.reproduce.notebooks import REPO_ROOT, toc_files, toc_notebooks
-from paper_code.reproduce.publish import build as publish_build
 from paper_code.reproduce.publish import deploy_dry_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -53,19 +52,13 @@ class _Quiet(SimpleHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def html_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The book built from smoke-executed notebooks by the publishing workflow's build step
-    (``python -m paper_code.reproduce.publish build``, which runs ``reproduce``).
+def html_dir(smoke_book: Path) -> Path:
+    """The book built from the session's smoke-executed notebooks (``smoke_book`` in conftest.py:
+    ``reproduce``, which the publishing workflow's build step runs too).
 
     Set ``PAPER_CODE_SITE`` to an already built ``_build/html`` folder to test it instead."""
     prebuilt = os.environ.get("PAPER_CODE_SITE")
-    if prebuilt:
-        html = Path(prebuilt)
-    else:
-        out = tmp_path_factory.mktemp("reproduce")
-        # Raises when a notebook failed or the build had warnings (see the captured output).
-        html = publish_build("smoke", out=out)
-        assert html == out / "_build" / "html"
+    html = Path(prebuilt) if prebuilt else smoke_book / "_build" / "html"
     assert (html / "index.html").exists(), f"no site in {html}"
     return html
 
@@ -220,3 +213,13 @@ def test_index_redirects_to_intro(site: str, browser: object) -> None:
 def test_mathjax_served_locally(site: str) -> None:
     assert _status(urljoin(site, "_static/mathjax/tex-chtml.js")) == 200
     assert Path(urlparse(site).path)  # keep the fixture alive
+
+
+def test_workflow_build_step_from_executed_notebooks(smoke_book: Path, tmp_path: Path) -> None:
+    """The publishing workflow's build step renders the site from executed notebooks (as committed
+    or downloaded from a GPU run) without executing anything."""
+    from paper_code.reproduce.publish import build as publish_build
+
+    html = publish_build("smoke", executed=smoke_book / "notebooks", out=tmp_path / "pub")
+    assert html == tmp_path / "pub" / "_build" / "html"
+    assert (html / "index.html").exists() and (html / "book" / "table1.html").exists()

@@ -14,13 +14,14 @@ the stem and the head) cannot be hooked unambiguously.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from ..models.tokens import tokens_to_grid  # noqa: F401  (re-exported: the ViT reshape)
 
 ReshapeTransform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -45,23 +46,6 @@ def as_feature_layer(
         f"{method} needs a feature layer (an nn.Module or a dotted name in the model), "
         f"got {type(layer).__name__}"
     )
-
-
-def tokens_to_grid(tokens: torch.Tensor, prefix_tokens: int = 1) -> torch.Tensor:
-    """Vision-transformer tokens ``[B, prefix + h*w, D]`` -> feature maps ``[B, D, h, w]`` (square grid).
-
-    The first ``prefix_tokens`` tokens (the class token; DeiT's distillation token makes 2) are
-    dropped, as in pytorch-grad-cam's ViT tutorial.
-    """
-    if tokens.dim() != 3:
-        raise ValueError(f"expected tokens [B, N, D], got shape {list(tokens.shape)}")
-    b, n, d = tokens.shape
-    side = math.isqrt(n - prefix_tokens)
-    if side * side != n - prefix_tokens:
-        raise ValueError(
-            f"{n} tokens minus {prefix_tokens} prefix token(s) do not form a square grid"
-        )
-    return tokens[:, prefix_tokens:].reshape(b, side, side, d).permute(0, 3, 1, 2)
 
 
 class LayerCapture:

@@ -13,6 +13,7 @@ from .cnn import (
     Classifier,
     Standardize,
     WeightsUnavailableError,
+    checkpoint_info,
     fold_batchnorm,
     fuse_for_inference,
     imagenet_categories,
@@ -20,6 +21,7 @@ from .cnn import (
     weights_identity,
     without_standardization,
 )
+from .tokens import tokens_to_grid
 
 __all__ = [
     "EFFLITE_MEAN",
@@ -29,10 +31,12 @@ __all__ = [
     "Classifier",
     "Standardize",
     "WeightsUnavailableError",
+    "checkpoint_info",
     "fold_batchnorm",
     "fuse_for_inference",
     "imagenet_categories",
     "load_model",
+    "tokens_to_grid",
     "weights_identity",
     "without_standardization",
 ]

@@ -12,6 +12,7 @@ import urllib.error
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -506,3 +507,12 @@ def weights_identity(weights: str | os.PathLike | None) -> str:
                 h.update(chunk)
         _HASHES[key] = "sha256:" + h.hexdigest()[:16]
     return _HASHES[key]
+
+
+def checkpoint_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The metadata of a fine-tuned checkpoint (everything but the weights and optimizer state):
+    arch, dataset, categories, stage, epoch, test accuracies, configuration, history..."""
+    ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if not str(ck.get("format", "")).startswith("paper_code.finetune"):
+        raise ValueError(f"{path} is not a fine-tuned checkpoint of paper_code.finetune")
+    return {k: v for k, v in ck.items() if k not in ("state_dict", "optimizer")}

@@ -39,7 +39,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..methods.hooks import tokens_to_grid
 from .cnn import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -49,6 +48,7 @@ from .cnn import (
     _load_state_dict,
     imagenet_categories,
 )
+from .tokens import tokens_to_grid
 
 #: Pinned timm pretrained tags (``<architecture>.<tag>``); see the module docstring for why.
 WEIGHT_TAGS: dict[str, str] = {

@@ -129,7 +129,7 @@ def _open_medical(name: str, params: Mapping[str, Any], checkpoint: str | None):
     else:
         split_seed, split_file = int(params.get("split_seed") or 0), None
         if checkpoint is not None:
-            from ..finetune import checkpoint_info
+            from ..models import checkpoint_info
 
             info = checkpoint_info(checkpoint)
             split_seed = int((info.get("config") or {}).get("split_seed", split_seed))

@@ -1,0 +1,152 @@
+"""The registry is the single source of the methods, every method runs on a user's own network, and
+the package's layers import only downwards."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import paper_code
+from paper_code import metrics
+from paper_code.methods import METHODS, PAPER_NAMES, explain
+from paper_code.methods.registry import KINDS
+from paper_code.reproduce.paper import paper_table
+from paper_code.reproduce.tables import table_methods
+
+#: Small options so each method runs in a second on a 64x64 image.
+QUICK = {
+    "opticam": {"iterations": 3},
+    "extremal": {"iterations": 3},
+    "lime": {"num_samples": 20},
+    "gradientshap": {"n_samples": 4},
+}
+
+
+def plain_cnn() -> nn.Sequential:
+    """A user's network: no paper_code wrapper, no ``get_layer``, no standardization."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        nn.ReLU(),  # "3": the feature layer, 16 x 16 x 16
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 5),
+    ).eval()
+
+
+@pytest.mark.parametrize("method", [m for m, s in METHODS.items() if "cnn" in s.families])
+def test_every_cnn_method_runs_on_a_plain_sequential(method):
+    model = plain_cnn()
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    spec = METHODS[method]
+    layer = {"layer": "3"} if spec.needs_layer else {}
+    maps = explain(method, model, x, [1, 4], **layer, **QUICK.get(method, {}))
+    assert maps.shape == (2, 1, 64, 64)
+    assert torch.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1 + 1e-6
+    # (A map may be all zero: a CAM of a class that the random features only count against.)
+    # The network is left as it was.
+    assert all(p.requires_grad for p in model.parameters()) and not model.training
+    # And the metrics take the same network.
+    r = metrics.classification(model, x, maps, torch.tensor([1, 4]))
+    assert set(r) >= {"AD", "AG", "AI"} and all(torch.isfinite(v).all() for v in r.values())
+
+
+def test_layer_methods_need_a_layer_on_a_plain_network():
+    with pytest.raises(ValueError, match="layer"):
+        explain("gradcam", plain_cnn(), torch.rand(1, 3, 32, 32), [0])
+    with pytest.raises(ValueError, match="no layer 'nope'"):
+        explain("gradcam", plain_cnn(), torch.rand(1, 3, 32, 32), [0], layer="nope")
+
+
+def test_shared_module_that_fires_twice_is_refused():
+    relu = nn.ReLU()
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), relu, nn.Conv2d(4, 4, 3), relu, nn.Flatten(),
+                          nn.LazyLinear(3))  # fmt: skip
+    model(torch.rand(1, 3, 16, 16))
+    for method, options in (("opticam", {"iterations": 1}), ("gradcam", {}), ("scorecam", {})):
+        with pytest.raises(ValueError, match="ran 2 times"):
+            explain(method, model, torch.rand(1, 3, 16, 16), [0], layer=relu, **options)
+
+
+def test_registry_is_the_single_source_of_names_and_kinds():
+    assert PAPER_NAMES == {n: s.paper_name for n, s in METHODS.items()}
+    assert paper_code.PAPER_NAMES == PAPER_NAMES
+    for spec in METHODS.values():
+        assert spec.kind in KINDS and spec.summary
+        assert spec.needs_layer == (spec.kind in ("cam", "optimization"))
+    # Every method row of the paper's CNN tables is a registered method (nothing paper-only left).
+    for table in ("table1", "table3", "table4", "table5", "table6", "tableA7"):
+        for network in set(paper_table(table)["network"]):
+            ids, missing = table_methods(table, network)
+            assert not missing, f"{table}/{network}: paper rows without a method: {missing}"
+            assert ids and ids[-1] == "opticam"
+    ids, _ = table_methods("table1", "resnet50")
+    assert ids == ["fakecam", "gradcam", "gradcampp", "scorecam", "ablationcam", "xgradcam",
+                   "layercam", "extremal", "hirescam", "lime", "gradientshap", "opticam"]  # fmt: skip
+    vit, _ = table_methods("table2", "vit_b", family="vit")
+    assert {"rawatt", "rollout", "tibav"} <= set(vit) and "ablationcam" not in vit
+
+
+# --------------------------------------------------------------------------- layers
+
+#: Layer of each top-level part of the package (DESIGN: each imports only layers below it).
+LAYERS = {
+    "names": 0,
+    "runtime": 0,
+    "models": 1,
+    "data": 1,
+    "methods": 2,
+    "metrics": 3,
+    "viz": 3,
+    "reproduce": 4,
+    "finetune": 5,
+    "cli": 5,
+    "__main__": 5,
+    "__init__": 5,
+}
+
+
+def _imports(path: Path, package: str) -> set[str]:
+    """Top-level parts of ``paper_code`` that a module imports (relative or absolute)."""
+    tree = ast.parse(path.read_text())
+    parts: set[str] = set()
+    mod_parts = path.relative_to(Path(paper_code.__file__).parent).with_suffix("").parts
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                if node.module and node.module.split(".")[0] == package:
+                    target = node.module.split(".")[1:]
+                else:
+                    continue
+            else:
+                base = list(mod_parts[: len(mod_parts) - node.level])
+                target = base + (node.module.split(".") if node.module else [])
+            if target:
+                parts.add(target[0])
+            else:
+                parts.update(a.name for a in node.names)
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] == package and len(a.name.split(".")) > 1:
+                    parts.add(a.name.split(".")[1])
+    return parts
+
+
+def test_layers_import_only_downwards():
+    root = Path(paper_code.__file__).parent
+    bad = []
+    for path in root.rglob("*.py"):
+        own = path.relative_to(root).parts[0].removesuffix(".py")
+        if own not in LAYERS:
+            bad.append(f"{path}: unknown part {own!r} (add it to LAYERS)")
+            continue
+        for part in _imports(path, "paper_code") - {own}:
+            if part in LAYERS and LAYERS[part] > LAYERS[own]:
+                bad.append(f"{path.relative_to(root)} ({own}) imports {part}")
+    assert not bad, "\n".join(bad)
