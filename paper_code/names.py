@@ -8,4 +8,5 @@ MODELS = (
     "tiny",
     "vit_base_patch16_224",
     "deit_base_patch16_224",
+    "vit_tiny",
 )

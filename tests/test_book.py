@@ -213,7 +213,9 @@ def test_notebook_smoke(md: Path, smoke_book: Path) -> None:
             assert o.output_type != "error", f"{md.stem}: {o.get('ename')}: {o.get('evalue')}"
             if o.output_type == "stream" and o.name == "stderr":
                 assert "Traceback" not in o.text, o.text
-    written = [p for p in smoke_book.iterdir() if p.name.startswith(f"{md.stem}_")]
+    written = [
+        p for p in smoke_book.iterdir() if p.name.startswith(f"{md.stem}_") or p.name == md.stem
+    ]
     assert written, f"{md.stem} wrote nothing to output_dir"
 
 

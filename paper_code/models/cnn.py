@@ -409,6 +409,7 @@ _BUILDERS = {
     "tiny": _tiny,
     "vit_base_patch16_224": _timm_vit("vit_base_patch16_224"),
     "deit_base_patch16_224": _timm_vit("deit_base_patch16_224"),
+    "vit_tiny": _timm_vit("vit_tiny"),
 }
 
 

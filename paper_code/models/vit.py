@@ -231,7 +231,27 @@ def _deit_base_patch16_224(weights: str | os.PathLike | None) -> Classifier:
     return _build("deit_base_patch16_224", weights)
 
 
+def _vit_tiny(weights: str | os.PathLike | None) -> Classifier:
+    """A small random ViT for tests and the ``smoke`` profile, like the ``tiny`` CNN: timm's
+    ViT-Ti/16 shape (embedding 192, 3 heads) with 4 blocks, seeded random weights, 1000 classes,
+    standardization 0.5/0.5. Exercises every transformer code path at a tenth of ViT-B's cost;
+    its numbers mean nothing. ``weights`` may name a state dict saved from it."""
+    timm = _timm()
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(0)
+        net = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=4)
+    finally:
+        torch.random.set_rng_state(state)
+    if weights not in (None, "random"):
+        net.load_state_dict(_read_weights(weights))
+    model = wrap_timm_vit("vit_tiny", net, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), imagenet_categories())
+    model.weight_tag = "random" if weights in (None, "random") else str(weights)
+    return model
+
+
 BUILDERS = {
     "vit_base_patch16_224": _vit_base_patch16_224,
     "deit_base_patch16_224": _deit_base_patch16_224,
+    "vit_tiny": _vit_tiny,
 }

@@ -157,8 +157,9 @@ def caption(run: Any, title: str, what: str, extra: str = "", **record: Any) -> 
     )
     settings = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in record.items())
     return (
-        f"**{title} (reproduction).** {what}; *ours* with its 95% bootstrap interval over images "
-        f"beside the paper's value. {n} images of `{p.get('dataset')}`, networks "
+        f"**{title} (reproduction).** {what}. Each cell: ours ± half the width of its 95% "
+        f"bootstrap interval over images (exact bounds in `{run.name}_summary.csv`), the paper's "
+        f"value in parentheses. {n} images of `{p.get('dataset')}`, networks "
         f"{', '.join(models)}, Opti-CAM {p.get('iterations')} iterations"
         f"{', ' + settings if settings else ''}, device `{info['device']}` ({info['hardware']}). "
         f"paper_code {info['paper_code']}, torch {info['torch']}, torchvision {info['torchvision']}, "

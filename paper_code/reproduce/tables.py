@@ -45,7 +45,11 @@ warnings.filterwarnings("ignore", message="IProgress not found")
 ScoreFn = Callable[[Any, "ex.Batch", torch.Tensor], Mapping[str, Any]]
 
 #: The paper's network name of each model family column (Tables 2, 3 and A.8 use the transformers).
-TRANSFORMER_NETWORK = {"vit_base_patch16_224": "vit_b", "deit_base_patch16_224": "deit_b"}
+TRANSFORMER_NETWORK = {
+    "vit_base_patch16_224": "vit_b",
+    "deit_base_patch16_224": "deit_b",
+    "vit_tiny": "vit_b",  # the test ViT is shown against ViT-B
+}
 #: The networks of ours whose numbers the paper reports, per dataset (App. E: fine-tuned CNNs).
 PAPER_MODELS = {
     "imagenet": ("resnet50", "vgg16_bn", *TRANSFORMER_NETWORK),
@@ -424,8 +428,15 @@ class TableRun:
         return model_name in PAPER_MODELS.get(str(self.params.get("dataset")), ())
 
 
-def with_interval(summary: pd.DataFrame, metric: str, digits: int = 1) -> pd.Series:
-    """``mean [lo, hi]`` strings of a summary column (NaN-safe)."""
+#: Digits shown per metric (ratios and log-ratios need two).
+DIGITS = {"MS": 2, "SM": 2, "T": 2}
+
+
+def with_interval(summary: pd.DataFrame, metric: str, digits: int | None = None) -> pd.Series:
+    """Compact ``mean±h`` strings of a summary column, ``h`` half the width of its 95% bootstrap
+    interval (the exact bounds are the ``<metric>_lo``/``_hi`` columns of the summary CSV);
+    NaN-safe, the plain mean where there is no interval."""
+    digits = DIGITS.get(metric, 1) if digits is None else digits
 
     def fmt(row):
         v = row[metric]
@@ -434,9 +445,13 @@ def with_interval(summary: pd.DataFrame, metric: str, digits: int = 1) -> pd.Ser
         lo, hi = row.get(f"{metric}_lo"), row.get(f"{metric}_hi")
         if lo is None or (isinstance(lo, float) and math.isnan(lo)):
             return f"{v:.{digits}f}"
-        return f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+        return f"{v:.{digits}f}±{(hi - lo) / 2:.{digits}f}"
 
     return summary.apply(fmt, axis=1)
+
+
+def _paper_value(v: float, digits: int = 2) -> str:
+    return "–" if pd.isna(v) else f"{v:.{digits}f}".rstrip("0").rstrip(".")
 
 
 def _rank(values: pd.Series, metric: str) -> pd.Series:
@@ -480,10 +495,8 @@ def beside_paper(
         mine = ours[m].reindex(idx) if m in ours else pd.Series(math.nan, index=idx)
         theirs = pivot[m].reindex(idx) if m in pivot else pd.Series(math.nan, index=idx)
         shown = with_interval(ours.reindex(idx), m) if m in ours else pd.Series("–", index=idx)
-        cols[(label, "ours [95% CI]")] = shown
-        cols[(label, "paper")] = theirs.map(
-            lambda v: "–" if pd.isna(v) else f"{v:.2f}".rstrip("0").rstrip(".")
-        )
+        # One cell per metric, "ours±h (paper)": the compact layout that fits the page.
+        cols[(label, "ours (paper)")] = [f"{a} ({_paper_value(b)})" for a, b in zip(shown, theirs)]
         if comparable:
             cols[(label, "diff")] = (mine - theirs).map(lambda v: "" if pd.isna(v) else f"{v:+.1f}")
         else:
@@ -559,9 +572,20 @@ def headline(claims: pd.DataFrame, agreement: pd.DataFrame | None = None) -> str
     return text
 
 
-def show(frame: pd.DataFrame, caption: str) -> None:
-    """Display a comparison table compactly (no wrapping inside cells)."""
+def show(frame: pd.DataFrame, caption: str, metrics_per_table: int | None = None) -> None:
+    """Display a comparison table compactly (no wrapping inside cells); with ``metrics_per_table``
+    the metric column groups are split over several tables so that each fits the page."""
     from IPython.display import display
+
+    groups = (
+        list(dict.fromkeys(frame.columns.get_level_values(0))) if frame.columns.nlevels > 1 else []
+    )
+    if metrics_per_table and len(groups) > metrics_per_table:
+        for k in range(0, len(groups), metrics_per_table):
+            part = groups[k : k + metrics_per_table]
+            show(frame.loc[:, frame.columns.get_level_values(0).isin(part)],
+                 f"{caption} ({', '.join(map(str, part))})")  # fmt: skip
+        return
 
     styler = (
         frame.style.format(precision=1, na_rep="–")
