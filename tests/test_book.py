@@ -461,3 +461,22 @@ def test_publishable_notebook_has_no_absolute_paths(tmp_path: Path) -> None:
     assert 'output_dir = "_build/reproduce/x"' in pub.cells[0].source  # ... its values shown once
     assert 'root = "~/data/val"' in pub.cells[0].source
     assert pub.cells[1].outputs[0]["text"] == "_build/reproduce/x\n"
+
+
+def test_profile_skip_leaves_notebooks_out_of_the_run_and_the_site(tmp_path: Path) -> None:
+    """`sample` cannot run the transformer and medical pages offline: they are not executed and
+    its site lists exactly the pages it ran (no placeholder pages); `smoke` runs every page."""
+    from paper_code.reproduce.notebooks import prepare_build_tree
+
+    assert set(load_profile("sample")["skip"]) == {"table2", "tableA8", "tableA10", "tableA11"}
+    assert load_profile("smoke")["skip"] == []
+    tree = prepare_build_tree(REPO_ROOT, tmp_path / "src", exclude=["table2", "tableA8"])
+    listed = [
+        c["file"]
+        for part in yaml.safe_load((tree / "_toc.yml").read_text())["parts"]
+        for c in part["chapters"]
+    ]
+    assert "book/table2" not in listed and "book/tableA8" not in listed and "book/table1" in listed
+    assert (
+        not (tree / "book" / "table2.ipynb").exists() and (tree / "book" / "table1.ipynb").exists()
+    )

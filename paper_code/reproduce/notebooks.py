@@ -396,6 +396,10 @@ def reproduce(
     params["output_dir"] = str(out_dir)
     executed = out_dir / "notebooks"
     notebooks = [(src.stem, src) for src in toc_notebooks(book_root / "_toc.yml")]
+    # A profile's ``skip`` list: notebooks it cannot run meaningfully (e.g. the transformer and
+    # medical pages offline); they are neither executed nor listed in its site.
+    skip = set(prof.get("skip") or ())
+    notebooks = [(n, s) for n, s in notebooks if n not in skip]
     unknown = set(only or ()) - {n for n, _ in notebooks}
     if unknown:
         raise ValueError(f"not in the table of contents: {sorted(unknown)}")
@@ -430,7 +434,7 @@ def reproduce(
     failed = [r for r in runs if not r.ok]
     status = 1 if failed else 0
     if build:
-        src_tree = prepare_build_tree(book_root, out_dir / "book_src", executed)
+        src_tree = prepare_build_tree(book_root, out_dir / "book_src", executed, exclude=skip)
         try:
             html = build_site(src_tree, warnings_as_errors=warnings_as_errors, output=out_dir)
             print(f"site: {html / 'index.html'}", flush=True)
@@ -578,20 +582,28 @@ def prepare_build_tree(
     book_root: str | os.PathLike[str],
     dest: str | os.PathLike[str],
     executed: str | os.PathLike[str] | None = None,
+    exclude: Sequence[str] = (),
 ) -> Path:
     """Copy ``_config.yml``, ``_toc.yml`` and ``book/`` to ``dest``, with every notebook replaced
     by its executed copy from ``executed/<name>.ipynb`` when there is one, else by its output-free
     ``.ipynb`` (text ``.md`` notebooks are removed: jupyter-book would prefer them).
 
     ``_config.yml`` gets the repository setting applied (:func:`paper_code.reproduce.publish.site_config`)
-    and executed notebooks are made publishable (:func:`publishable_notebook`)."""
+    and executed notebooks are made publishable (:func:`publishable_notebook`). Notebooks named in
+    ``exclude`` (a profile's ``skip`` list) are left out of the tree and of its table of contents."""
     from .publish import site_config
 
     book_root, dest = Path(book_root), Path(dest)
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
-    shutil.copy2(book_root / "_toc.yml", dest / "_toc.yml")
+    toc = yaml.safe_load((book_root / "_toc.yml").read_text())
+    if exclude:
+        for part in toc.get("parts", []):
+            part["chapters"] = [
+                c for c in part.get("chapters", []) if Path(c.get("file", "")).name not in exclude
+            ]
+    (dest / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
     # The repository setting (or $PAPER_CODE_REPOSITORY) decides the repository/launch buttons and
     # the Pages base URL; only links that work for it are kept.
     config = site_config(yaml.safe_load((book_root / "_config.yml").read_text()) or {})
@@ -604,6 +616,9 @@ def prepare_build_tree(
         dest / "book",
         ignore=shutil.ignore_patterns("_build", ".ipynb_checkpoints", "__pycache__"),
     )
+    for name in exclude:
+        for suffix in (".md", ".ipynb"):
+            (dest / "book" / f"{name}{suffix}").unlink(missing_ok=True)
     for md in (dest / "book").rglob("*.md"):
         if not is_notebook(md):
             continue
