@@ -60,6 +60,7 @@ from torchvision.transforms import functional as TF
 
 from .data import collate, load_dataset
 from .models import Classifier, checkpoint_info, load_model
+from .reproduce.results import _atomic_torch_save
 
 __all__ = [
     "AUGMENTATIONS",
@@ -206,18 +207,6 @@ def head_name(model: Classifier) -> str:
     """Dotted name (in ``model.net``) of the final layer: the network's last ``nn.Linear``
     (``fc`` for ResNet50 and the tiny CNN, ``classifier.6`` for VGG16-BN)."""
     return [n for n, m in model.net.named_modules() if isinstance(m, nn.Linear)][-1]
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _atomic_text(text: str, path: Path) -> None:
@@ -520,11 +509,11 @@ def finetune(
                 state = {k: v.detach().cpu() for k, v in model.net.state_dict().items()}
                 if _better(row, best):
                     best = dict(row)
-                    _atomic_save(
+                    _atomic_torch_save(
                         {**meta, "state_dict": state, "stage": stage, "epoch": epoch, "best": best},
                         cfg.path("-best.pt"),
                     )
-                _atomic_save(
+                _atomic_torch_save(
                     {
                         **meta,
                         "state_dict": state,
@@ -565,7 +554,7 @@ def _finish(
     last_path, best_path = cfg.path("-last.pt"), cfg.path("-best.pt")
     if not last_path.is_file():  # zero epochs in both stages: export the initial model
         state = {k: v.detach().cpu() for k, v in model.net.state_dict().items()}
-        _atomic_save({**meta, "state_dict": state, "stage": 0, "epoch": 0}, last_path)
+        _atomic_torch_save({**meta, "state_dict": state, "stage": 0, "epoch": 0}, last_path)
     ev = (cfg.batch_size, cfg.device, cfg.num_workers, cfg.progress)
     results: dict[str, Any] = {}
     for which, path in (("last", last_path), ("best", best_path)):
@@ -593,7 +582,7 @@ def _finish(
     ck["split_file"] = str(split_file) if split_file is not None else None
     ck["history"] = history
     export = cfg.path(".pt")
-    _atomic_save(ck, export)
+    _atomic_torch_save(ck, export)
     paper = PAPER_TEST_ACCURACY.get((cfg.dataset, cfg.model))
     summary = {
         "dataset": cfg.dataset,

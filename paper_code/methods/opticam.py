@@ -26,7 +26,7 @@ from tqdm import tqdm
 from .hooks import FeatureLayer, channels_last, forward_features, frozen
 from .maps import NORMALIZATIONS, normalize, upsample, weighted_sum
 from .registry import register
-from .targets import Target
+from .targets import SubsetTarget, Target, batch_chunks
 
 #: Early-stopping tolerance of App. A: stop "when the change in loss is less than 1e-10".
 STOP_TOLERANCE = 1e-10
@@ -356,8 +356,8 @@ def _compiled_parts(model: nn.Module, size, normalization: str, mode: str | None
 def _on_device(target: Target, device: torch.device) -> Target:
     """The target with its class tensors moved to ``device`` once (not at every step: a copy from
     host memory would synchronise)."""
-    if isinstance(target, _Subset):
-        return _Subset(_on_device(target.target, device), target.idx.to(device))
+    if isinstance(target, SubsetTarget):
+        return SubsetTarget(_on_device(target.target, device), target.idx.to(device))
     classes = getattr(target, "classes", None)
     if isinstance(classes, torch.Tensor) and classes.device != device:
         target = copy.copy(target)
@@ -527,15 +527,13 @@ def opticam(
     ``batch_size`` splits large batches into chunks (results are identical, since images are
     optimized independently, except in ``official`` mode whose stopping rule is batch-level).
     """
-    chunks = [torch.arange(images.shape[0], device=images.device)]
-    if batch_size is not None and batch_size < images.shape[0]:
-        chunks = list(torch.arange(images.shape[0], device=images.device).split(batch_size))
+    chunks = batch_chunks(images.shape[0], batch_size, images.device)
     out = []
     for idx in chunks:
         res = optimize(
             model,
             images[idx],
-            _Subset(target, idx),
+            SubsetTarget(target, idx),
             layer,
             iterations=iterations,
             lr=lr,
@@ -547,13 +545,3 @@ def opticam(
         )
         out.append(res.maps)
     return torch.cat(out)
-
-
-class _Subset:
-    """A target restricted to a chunk of the batch: row j of the chunk is image ``idx[j]``."""
-
-    def __init__(self, target: Target, idx: torch.Tensor) -> None:
-        self.target, self.idx = target, idx
-
-    def __call__(self, logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return self.target(logits, self.idx[index])

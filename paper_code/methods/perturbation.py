@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from .hooks import channels_last, frozen
 from .registry import register
-from .targets import Target
+from .targets import SubsetTarget, Target, batch_chunks
 
 #: TorchRay's defaults (``extremal_perturbation`` signature and body; BASELINES.md).
 AREAS = (0.1,)
@@ -522,15 +522,13 @@ def extremal(
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     n = images.shape[0]
-    chunks = [torch.arange(n, device=images.device)]
-    if batch_size is not None and batch_size < n:
-        chunks = list(torch.arange(n, device=images.device).split(batch_size))
+    chunks = batch_chunks(n, batch_size, images.device)
     out = []
     for idx in chunks:
         res = optimize(
             model,
             images[idx],
-            _Subset(target, idx),
+            SubsetTarget(target, idx),
             areas=areas,
             iterations=iterations,
             progress=progress,
@@ -538,13 +536,3 @@ def extremal(
         )
         out.append(res.maps)
     return torch.cat(out)
-
-
-class _Subset:
-    """A target restricted to a chunk of the batch: row j of the chunk is image ``idx[j]``."""
-
-    def __init__(self, target: Target, idx: torch.Tensor) -> None:
-        self.target, self.idx = target, idx
-
-    def __call__(self, logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return self.target(logits, self.idx[index.to(self.idx.device)])

@@ -97,3 +97,21 @@ def resolve_targets(
     if callable(targets) and not isinstance(targets, torch.Tensor):
         return targets
     return ClassLogit(resolve_classes(model, images, targets, num_classes))
+
+
+class SubsetTarget:
+    """A target restricted to a chunk of the batch: row j of the chunk is image ``idx[j]``."""
+
+    def __init__(self, target: Target, idx: torch.Tensor) -> None:
+        self.target, self.idx = target, idx
+
+    def __call__(self, logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return self.target(logits, self.idx[index.to(self.idx.device)])
+
+
+def batch_chunks(n: int, batch_size: int | None, device: torch.device) -> list[torch.Tensor]:
+    """Index chunks of at most ``batch_size`` images (one chunk when ``None`` or large enough)."""
+    idx = torch.arange(n, device=device)
+    if batch_size is None or batch_size >= n:
+        return [idx]
+    return list(idx.split(batch_size))
