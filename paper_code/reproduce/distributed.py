@@ -343,19 +343,12 @@ def run_notebooks(
     whose barriers in that notebook then fail too instead of waiting; the next notebooks run.
     Returns 1 if a notebook failed on this rank. Rank 0 then builds the site
     (``reproduce(..., execute=False)``)."""
-    from .notebooks import NotebookError, load_profile, run_notebook, toc_notebooks
+    from .notebooks import NotebookError, resolve_run, run_notebook, toc_notebooks
 
-    prof = dict(profile) if isinstance(profile, Mapping) else load_profile(profile)
-    prof["parameters"] = {**prof.get("parameters", {}), **(parameters or {})}
-    params = prof["parameters"]
-    if out is not None:
-        params["output_dir"] = str(out)
-        if not (parameters and "cache_dir" in parameters):
-            params["cache_dir"] = str(Path(out) / "cache")
-    out_dir = Path(params.get("output_dir") or "_build/reproduce").resolve()
-    params["output_dir"] = str(out_dir)
+    prof, out_dir = resolve_run(profile, out, parameters)
     executed = rank_dir(out_dir) / "notebooks"
-    todo = [s for s in toc_notebooks() if not only or s.stem in only]
+    skip = set(prof.get("skip") or ())  # the profile's skipped pages, as in ``reproduce``
+    todo = [s for s in toc_notebooks() if s.stem not in skip and (not only or s.stem in only)]
     unknown = set(only or ()) - {s.stem for s in todo}
     if unknown:
         raise ValueError(f"not in the table of contents: {sorted(unknown)}")

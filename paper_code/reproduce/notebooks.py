@@ -350,6 +350,25 @@ def _check_data(params: Mapping[str, Any]) -> None:
         )
 
 
+def resolve_run(
+    profile: str | os.PathLike[str] | Mapping[str, Any],
+    out: str | os.PathLike[str] | None = None,
+    parameters: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, Any], Path]:
+    """The profile of a run with ``parameters`` applied, and its output folder: ``out`` overrides
+    the profile's ``output_dir`` (and its ``cache_dir``, unless ``parameters`` sets one)."""
+    prof = dict(profile) if isinstance(profile, Mapping) else load_profile(profile)
+    prof["parameters"] = {**prof.get("parameters", {}), **(parameters or {})}
+    params = prof["parameters"]
+    if out is not None:
+        params["output_dir"] = str(out)
+        if not (parameters and "cache_dir" in parameters):
+            params["cache_dir"] = str(Path(out) / "cache")
+    out_dir = Path(params.get("output_dir") or "_build/reproduce").resolve()
+    params["output_dir"] = str(out_dir)
+    return prof, out_dir
+
+
 def reproduce(
     profile: str | os.PathLike[str] | Mapping[str, Any] = "sample",
     out: str | os.PathLike[str] | None = None,
@@ -385,21 +404,14 @@ def reproduce(
         execute: ``False`` only rebuilds the site from the notebooks executed earlier.
     """
     book_root = Path(book_root)
-    prof = dict(profile) if isinstance(profile, Mapping) else load_profile(profile)
-    prof["parameters"] = {**prof.get("parameters", {}), **(parameters or {})}
+    prof, out_dir = resolve_run(profile, out, parameters)
     params = prof["parameters"]
-    if out is not None:
-        params["output_dir"] = str(out)
-        if not (parameters and "cache_dir" in parameters):
-            params["cache_dir"] = str(Path(out) / "cache")
-    out_dir = Path(params.get("output_dir") or "_build/reproduce").resolve()
-    params["output_dir"] = str(out_dir)
     executed = out_dir / "notebooks"
     notebooks = [(src.stem, src) for src in toc_notebooks(book_root / "_toc.yml")]
     # A profile's ``skip`` list: notebooks it cannot run meaningfully (e.g. the transformer and
     # medical pages offline); they are neither executed nor listed in its site.
     skip = set(prof.get("skip") or ())
-    notebooks = [(n, s) for n, s in notebooks if n not in skip]
+    notebooks = [(n, src) for n, src in notebooks if n not in skip]
     unknown = set(only or ()) - {n for n, _ in notebooks}
     if unknown:
         raise ValueError(f"not in the table of contents: {sorted(unknown)}")
