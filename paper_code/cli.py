@@ -109,6 +109,13 @@ def cmd_reproduce(args: argparse.Namespace, argv: list[str] | None = None) -> in
     launched = _launch(args, argv)
     if launched is not None:
         return launched
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.jobs > 1 and (args.nproc or 1) > 1:
+        raise ValueError(
+            "--jobs and --nproc do not combine: --nproc shards every notebook's "
+            "images over processes, --jobs runs several notebooks at once"
+        )
     if distributed.is_distributed():
         # Every rank executes the notebooks on its shard; rank 0 then builds the site from its
         # executed notebooks (the book's), the others stop.
@@ -135,6 +142,7 @@ def cmd_reproduce(args: argparse.Namespace, argv: list[str] | None = None) -> in
         only=args.only,
         build=not args.no_build,
         parameters=_params(args.param),
+        jobs=args.jobs,
     )
 
 
@@ -219,6 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", default=None, help="only these notebooks")
     p.add_argument("--no-build", action="store_true", help="execute only; skip jupyter-book build")
     p.add_argument("--nproc", type=int, default=None, help=NPROC_HELP)
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="run up to N notebooks at once, each in its own process with cores/N threads "
+        "(their output goes to <out>/logs/); for many-core CPUs",
+    )
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser(

@@ -306,6 +306,66 @@ def test_reproduce_prints_site_path_times_and_no_kernel_warning(
     assert "colab.research.google.com" not in page  # no launch button for a non-GitHub setting
 
 
+@pytest.mark.slow
+def test_reproduce_jobs_runs_notebooks_at_once(tmp_path: Path, capsys) -> None:
+    """``reproduce(jobs=2)`` (issue 12 §3): two notebooks run at the same time, each process gets
+    cores/2 threads and imports this checkout's paper_code; each notebook's output goes to its
+    log; a failure is reported with its log and the others still run; the rows are those of a
+    one-at-a-time run (here: every notebook executed once)."""
+    from paper_code.reproduce.notebooks import job_environment
+
+    root = tmp_path / "bookroot"
+    (root / "book").mkdir(parents=True)
+    (root / "_config.yml").write_text((REPO_ROOT / "_config.yml").read_text())
+    names = ("a", "b", "c")
+    (root / "_toc.yml").write_text(
+        "format: jb-book\nroot: book/intro\nchapters:\n"
+        + "".join(f"  - file: book/{n}\n" for n in (*names, "bad"))
+    )
+    (root / "book" / "intro.md").write_text("# Intro\n")
+    cell = "```{{code-cell}} ipython3\n{}\n```\n"
+    params = cell.format(":tags: [parameters]\n\nprofile = 'x'\noutput_dir = '.'")
+    body = cell.format(
+        "import json, os, sys, time\nimport paper_code, torch\n"
+        "t0 = time.time(); time.sleep(4)\n"
+        "print('marker', json.dumps({'start': t0, 'end': time.time(), "
+        "'threads': torch.get_num_threads(), 'code': paper_code.__file__}))"
+    )
+    for name in names:
+        (root / "book" / f"{name}.md").write_text(_NB_HEADER + f"# {name}\n\n" + params + body)
+    (root / "book" / "bad.md").write_text(
+        _NB_HEADER + "# Bad\n\n" + params + cell.format("raise ValueError('boom')")
+    )
+    out = tmp_path / "o"
+    profile = {"name": "t", "parameters": {}, "notebooks": {}}
+    status = reproduce_fn(profile, out=out, book_root=root, build=False, jobs=2, progress=False)
+    captured = capsys.readouterr()
+    assert status == 1  # the bad notebook
+    assert "FAILED bad" in captured.err and str(out / "logs" / "bad.log") in captured.err
+    runs = {}
+    for name in names:
+        nb = nbformat.read(out / "notebooks" / f"{name}.ipynb", as_version=4)
+        text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+        runs[name] = json.loads(text.split("marker ", 1)[1])
+        assert (out / "logs" / f"{name}.log").exists()
+        assert re.search(rf"\[\d/4\] {name} ok", captured.out)
+    assert runs["a"]["start"] < runs["b"]["end"] and runs["b"]["start"] < runs["a"]["end"]
+    threads = int(job_environment(2)["OMP_NUM_THREADS"])
+    assert {r["threads"] for r in runs.values()} == {threads}
+    assert {Path(r["code"]).resolve() for r in runs.values()} == {
+        (REPO_ROOT / "paper_code" / "__init__.py").resolve()
+    }
+    assert json.loads((out / TIMINGS_FILE).read_text())["seconds"].keys() == set(names)
+
+
+def test_job_threads_split_the_cores() -> None:
+    from paper_code.reproduce.notebooks import job_environment
+
+    assert job_environment(2, cores=8)["OMP_NUM_THREADS"] == "4"
+    assert job_environment(3, cores=8)["OMP_NUM_THREADS"] == "2"
+    assert job_environment(4, cores=2)["OMP_NUM_THREADS"] == "1"  # never 0
+
+
 # --------------------------------------------------------------------------- readers' paths
 
 

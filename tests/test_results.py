@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -136,3 +137,45 @@ def test_compute_time_is_recorded(tmp_path) -> None:
     assert len(cache.last_seconds) == 4 and all(s >= 0 for s in cache.last_seconds)
     cache.load({"method": "t"}, IDS[:1])
     assert len(cache.last_seconds) == 1
+
+
+_WORKER = """
+import sys, time, torch
+from paper_code.reproduce.results import MapCache
+root, log, tag = sys.argv[1:4]
+ids = [f"img_{i}" for i in range(6)]
+
+def compute(positions):
+    with open(log, "a") as f:
+        f.write(" ".join(f"{tag}:{ids[p]}" for p in positions) + "\\n")
+    time.sleep(0.3)  # long enough for the other process to want the same maps
+    return torch.stack([torch.full((1, 4, 4), float(p)) for p in positions])
+
+maps = MapCache(root, dtype=torch.float32).get_or_compute({"method": "m"}, ids, compute, 2)
+assert maps[:, 0, 0, 0].tolist() == list(range(6)), maps[:, 0, 0, 0]
+"""
+
+
+def test_two_processes_never_compute_a_map_twice(tmp_path) -> None:
+    """`reproduce --jobs N` runs notebooks that need the same maps at once: each map is computed
+    by exactly one process (the other waits for the lock, then finds it stored), and both get
+    every map."""
+    import os
+    import subprocess
+    import sys
+
+    import paper_code
+
+    env = {**os.environ, "PYTHONPATH": str(Path(paper_code.__file__).parents[1])}
+    script = tmp_path / "worker.py"
+    script.write_text(_WORKER)
+    log = tmp_path / "computed.txt"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path / "cache"), str(log), tag], env=env
+        )
+        for tag in ("a", "b")
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    computed = [x.split(":")[1] for x in log.read_text().split()]
+    assert sorted(computed) == [f"img_{i}" for i in range(6)]  # each once, none missing

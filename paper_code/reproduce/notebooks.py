@@ -304,8 +304,8 @@ def run_notebook(
     workdir.mkdir(parents=True, exist_ok=True)
     # The kernel inherits this process's environment: tell the notebook it runs for the book
     # (paper_code.reproduce.display.glue then leaves the values to the page's prose).
-    saved = os.environ.get(BOOK_RUN_ENV)
-    os.environ[BOOK_RUN_ENV] = "1"
+    saved = {k: os.environ.get(k) for k in (BOOK_RUN_ENV, "PYTHONPATH")}
+    os.environ.update(kernel_environment())
     try:
         papermill.execute_notebook(
             nb,
@@ -325,11 +325,27 @@ def run_notebook(
     except Exception as err:  # kernel died, timeout, bad parameters
         raise NotebookError(name, type(err).__name__, str(err), None, output) from err
     finally:
-        if saved is None:
-            os.environ.pop(BOOK_RUN_ENV, None)
-        else:
-            os.environ[BOOK_RUN_ENV] = saved
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return output
+
+
+def kernel_environment() -> dict[str, str]:
+    """Variables a notebook's kernel gets on top of this process's environment: the book-run flag,
+    and, when this ``paper_code`` is a source checkout, its folder first on ``PYTHONPATH`` so the
+    kernel imports the very code that runs it (not another installed copy, and not the notebook's
+    fallback install from the repository when the checkout was never ``pip install``-ed)."""
+    env = {BOOK_RUN_ENV: "1"}
+    package_parent = str(Path(__file__).resolve().parents[2])
+    if (Path(package_parent) / "pyproject.toml").exists():
+        rest = [x for x in os.environ.get("PYTHONPATH", "").split(os.pathsep) if x]
+        env["PYTHONPATH"] = os.pathsep.join(
+            [package_parent, *(x for x in rest if x != package_parent)]
+        )
+    return env
 
 
 @dataclass
@@ -379,10 +395,18 @@ def reproduce(
     progress: bool = True,
     warnings_as_errors: bool = True,
     execute: bool = True,
+    jobs: int = 1,
 ) -> int:
     """Execute every notebook of the table of contents, then build the site from the executed
     copies. Returns 0 when everything ran, 1 when a notebook failed (the site is still built with
     the others; a failed notebook's page shows its error).
+
+    With ``jobs`` > 1, up to ``jobs`` notebooks run at once, each in its own process with
+    ``cores / jobs`` threads (``OMP_NUM_THREADS``), its output in ``<out>/logs/<name>.log``.
+    Notebooks that need the same saliency maps share them through the cache: its writes are atomic
+    and one process at a time computes a given method's missing maps
+    (:meth:`~paper_code.reproduce.results.MapCache.get_or_compute`), so nothing is computed twice
+    and no file is ever half-written.
 
     Layout under ``out`` (default: the profile's ``output_dir``)::
 
@@ -402,6 +426,7 @@ def reproduce(
             "device": "cuda"}``).
         book_root: folder with ``_config.yml``, ``_toc.yml`` and ``book/``.
         execute: ``False`` only rebuilds the site from the notebooks executed earlier.
+        jobs: notebooks run at once (``1``: one after the other, in this process).
     """
     book_root = Path(book_root)
     prof, out_dir = resolve_run(profile, out, parameters)
@@ -426,7 +451,10 @@ def reproduce(
     timings = RunTimes(out_dir / TIMINGS_FILE, [n for n, _ in todo])
     if todo:
         print(f"estimated time: {timings.describe_total()}", flush=True)
-    for i, (name, src) in enumerate(todo, 1):
+    jobs = max(1, min(int(jobs), len(todo) or 1))
+    if jobs > 1:
+        runs = _run_parallel(todo, executed, prof, jobs, timings, out_dir / "logs")
+    for i, (name, src) in enumerate(todo if jobs == 1 else [], 1):
         label = f"[{i}/{len(todo)}] {name}"
         print(f"{label} ... {timings.describe_start(name)}", flush=True)
         t0 = time.perf_counter()
@@ -457,6 +485,101 @@ def reproduce(
     for r in failed:
         print(f"  FAILED {r.name}: {r.error}", file=sys.stderr)
     return status
+
+
+def cpu_cores() -> int:
+    """Cores this process may use (its CPU affinity where the platform tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def job_environment(jobs: int, cores: int | None = None) -> dict[str, str]:
+    """Thread settings of one of ``jobs`` notebook processes sharing ``cores`` cores: each gets
+    ``max(1, cores // jobs)`` threads (torch reads ``OMP_NUM_THREADS`` when it starts)."""
+    threads = str(max(1, (cores or cpu_cores()) // max(1, jobs)))
+    return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+
+
+def _job_main(spec_file: str) -> int:
+    """Entry point of one notebook process of ``reproduce(jobs=N)``: the spec (JSON) names the
+    notebook, the executed-notebooks folder and the resolved profile; writes the outcome (JSON)
+    beside the spec."""
+    spec = json.loads(Path(spec_file).read_text())
+    t0 = time.perf_counter()
+    try:
+        path = run_notebook(
+            spec["src"], None, spec["executed"], profile=spec["profile"], progress=False
+        )
+        outcome = {"ok": True, "output": str(path), "error": ""}
+    except NotebookError as err:
+        outcome = {"ok": False, "output": str(err.output or ""), "error": str(err)}
+    outcome["seconds"] = time.perf_counter() - t0
+    Path(spec_file).with_suffix(".result.json").write_text(json.dumps(outcome))
+    return 0 if outcome["ok"] else 1
+
+
+def _run_parallel(
+    todo: Sequence[tuple[str, Path]],
+    executed: Path,
+    prof: Mapping[str, Any],
+    jobs: int,
+    timings: RunTimes,
+    logs: Path,
+) -> list[NotebookRun]:
+    """Run ``todo`` in at most ``jobs`` processes at once, in order; one line when a notebook
+    starts and one when it ends, its output in ``logs/<name>.log``."""
+    import tempfile
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **job_environment(jobs)}
+    lock = threading.Lock()
+    order = {name: i for i, (name, _) in enumerate(todo, 1)}
+    print(f"{jobs} notebooks at a time, {env['OMP_NUM_THREADS']} thread(s) each; "
+          f"their output: {logs}", flush=True)  # fmt: skip
+
+    def one(item: tuple[str, Path]) -> NotebookRun:
+        name, src = item
+        label = f"[{order[name]}/{len(todo)}] {name}"
+        with lock:
+            print(f"{label} ... {timings.describe_start(name)}", flush=True)
+        with tempfile.TemporaryDirectory(prefix=f"paper_code_{name}_") as tmp:
+            spec = Path(tmp) / "spec.json"
+            spec.write_text(
+                json.dumps({"src": str(src), "executed": str(executed), "profile": prof})
+            )
+            t0 = time.perf_counter()
+            with open(logs / f"{name}.log", "w") as log:
+                subprocess.run(
+                    [sys.executable, "-c",
+                     "import sys; from paper_code.reproduce.notebooks import _job_main; "
+                     "sys.exit(_job_main(sys.argv[1]))", str(spec)],
+                    stdout=log, stderr=subprocess.STDOUT, env=env, check=False,
+                )  # fmt: skip
+            seconds = time.perf_counter() - t0
+            result = spec.with_suffix(".result.json")
+            if result.exists():
+                outcome = json.loads(result.read_text())
+            else:  # the process died before it could report (killed, out of memory)
+                outcome = {"ok": False, "output": "", "error": f"process died; see {log.name}"}
+        run = NotebookRun(
+            name, outcome["ok"], seconds, Path(outcome["output"]) if outcome["output"] else None,
+            outcome["error"],
+        )  # fmt: skip
+        with lock:
+            timings.done(name, seconds, run.ok)
+            if run.ok:
+                print(f"{label} ok ({_hms(seconds)}); {timings.describe_run()}", flush=True)
+            else:
+                print(f"{label} FAILED: {run.error} (log: {logs / f'{name}.log'})",
+                      file=sys.stderr, flush=True)  # fmt: skip
+        return run
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(one, todo))
 
 
 # --------------------------------------------------------------------------- time estimates

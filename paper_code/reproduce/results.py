@@ -14,6 +14,7 @@ it stopped: rerunning the same code computes only what is missing.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -23,7 +24,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,25 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (``fcntl.flock``) held for the ``with`` block; other
+    processes taking it wait. Where ``fcntl`` does not exist (Windows) there is no lock: parallel
+    processes may then compute a map twice, never write a broken file (writes stay atomic)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -201,14 +221,25 @@ class MapCache:
             raise ValueError("ids must be unique")
         todo = self.missing(key, ids)
         step = batch_size or max(len(todo), 1)
-        for start in range(0, len(todo), step):
-            positions = todo[start : start + step]
-            t0 = time.perf_counter()
-            maps = compute(positions)
-            if maps.is_cuda:
-                torch.cuda.synchronize(maps.device)
-            seconds = (time.perf_counter() - t0) / max(len(positions), 1)
-            self.store(key, [ids[p] for p in positions], maps, seconds)
+        folder = self.folder(key)
+        while todo:
+            # One process at a time computes this key's maps (``reproduce --jobs N`` runs
+            # notebooks that need the same maps at once): under the lock, what another process
+            # stored meanwhile is no longer missing, so no map is computed twice. The ranks of a
+            # sharded run compute disjoint images: each has its own lock.
+            rank = os.environ.get("RANK")
+            with _locked(folder / (".lock" if rank is None else f".lock.rank{rank}")):
+                todo = self.missing(key, ids)
+                if not todo:
+                    break
+                positions = todo[:step]
+                t0 = time.perf_counter()
+                maps = compute(positions)
+                if maps.is_cuda:
+                    torch.cuda.synchronize(maps.device)
+                seconds = (time.perf_counter() - t0) / max(len(positions), 1)
+                self.store(key, [ids[p] for p in positions], maps, seconds)
+            todo = todo[step:]
         return self.load(key, ids)
 
 
