@@ -4,6 +4,7 @@ notebook with the ``smoke`` profile."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -195,6 +196,31 @@ def test_run_notebook_reports_failing_cell(tmp_path: Path) -> None:
     executed = nbformat.read(out, as_version=4)
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
     assert src.read_text().count("x = 1") == 1  # the source is untouched
+
+
+def test_compile_evaluation_reaches_the_kernel_not_the_notebook(tmp_path: Path) -> None:
+    """``-p compile_evaluation X`` (issue 12 §2) switches the metrics' compiled forward passes on
+    in the kernel's process (PAPER_CODE_COMPILE), without a parameter in every notebook."""
+    from paper_code.methods.forward import ENV_COMPILE, compile_setting
+
+    src = tmp_path / "env.md"
+    src.write_text(
+        "---\njupytext:\n  text_representation:\n    format_name: myst\n"
+        "kernelspec:\n  display_name: Python 3\n  language: python\n  name: python3\n---\n\n"
+        "```{code-cell} ipython3\n:tags: [parameters]\n\nx = 1\n```\n\n"
+        f"```{{code-cell}} ipython3\nimport os\nprint('env=' + os.environ.get('{ENV_COMPILE}', '-'))\n```\n"
+    )
+    profile = {"name": "t", "parameters": {"x": 2, "compile_evaluation": "aot_eager"}}
+    out = run_notebook(src, None, tmp_path / "out", profile=profile, progress=False)
+    text = "".join(
+        o.get("text", "")
+        for c in nbformat.read(out, as_version=4).cells
+        for o in c.get("outputs", [])
+    )
+    assert "env=aot_eager" in text
+    assert ENV_COMPILE not in os.environ  # restored in this process
+    assert compile_setting(None) is False and compile_setting("true") is True
+    assert compile_setting("0") is False and compile_setting("max-autotune") == "max-autotune"
 
 
 # --------------------------------------------------------------------------- smoke runs

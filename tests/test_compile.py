@@ -157,3 +157,57 @@ def test_gpu_benchmark_quick_on_cpu(capsys):
     assert res["opticam"][("tiny", 2, "eager")] > 0 and res["insdel"]["tiny"] > 0
     assert set(res["projection"]) == {"imagenet-1k", "imagenet"}
     assert res["projection"]["imagenet"] > res["projection"]["imagenet-1k"] > 0
+
+
+# --------------------------------------------------------------------------- evaluation forwards
+
+
+def test_compiled_metrics_equal_eager_with_one_graph():
+    """Issue 12 §2: the metrics' forward passes (insertion/deletion, AD/AG/AI, AOPC, ADCC) under
+    ``compile``: the same scores as eager (float rounding only), and one graph for every chunk of
+    every metric: smaller last chunks are padded to the compiled size, not compiled again."""
+    from paper_code.metrics import aopc, classification, insertion_deletion
+
+    model = pc.load_model("tiny")
+    x, y = batch(5)
+    maps = torch.rand(5, 1, 224, 224, generator=torch.Generator().manual_seed(1))
+    kw = {"batch_size": 4}
+    # 5 images x 2 modes x 5 steps = 50 evaluations: chunks of 4, the last of 2 (padded)
+    eager = insertion_deletion(model, x, maps, y, step=12544, **kw)
+    comp = insertion_deletion(model, x, maps, y, step=12544, compile="aot_eager", **kw)
+    for m in ("I", "D"):
+        assert torch.allclose(comp[m], eager[m], atol=1e-6, rtol=0), m
+    first = graphs()
+    assert first[0] == 1 and counters["graph_break"] == {}
+    for fn in (classification, aopc):  # 5 images in chunks of 4 and 1 (padded)
+        e, c = fn(model, x, maps, y, **kw), fn(model, x, maps, y, compile="aot_eager", **kw)
+        for k in ("AD", "AG") if fn is classification else ("AOPC",):
+            assert torch.allclose(c[k], e[k], atol=1e-6, rtol=0), k
+    assert graphs()[0] == first[0]  # no new graph for other metrics, chunk sizes or images
+
+
+def test_static_forward_pads_smaller_batches_exactly():
+    from paper_code.methods.forward import StaticForward, evaluation_forward
+
+    model = pc.load_model("tiny").eval()
+    assert evaluation_forward(model, False) is model
+    net = evaluation_forward(model, "aot_eager")
+    assert isinstance(net, StaticForward) and evaluation_forward(model, "aot_eager") is net
+    x, _ = batch(4)
+    with torch.no_grad():
+        full, part = net(x), net(x[:3])  # 3 is padded to 4
+        ref = model(x)
+    assert net.sizes == {4}
+    assert part.shape[0] == 3 and torch.allclose(part, ref[:3], atol=1e-6)
+    assert torch.allclose(full, ref, atol=1e-6)
+
+
+def test_compiled_scorecam_equals_eager():
+    from paper_code.methods import explain
+
+    model = pc.load_model("tiny")
+    x, y = batch(2)
+    eager = explain("scorecam", model, x, y, batch_size=5)
+    comp = explain("scorecam", model, x, y, batch_size=5, compile="aot_eager")
+    assert (comp - eager).abs().max() <= 1e-5
+    assert graphs()[0] == 1  # chunks of 5 masked images and a smaller last one: one graph

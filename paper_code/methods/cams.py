@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .forward import evaluation_forward
 from .hooks import (
     as_feature_layer,
     capture,
@@ -276,6 +277,7 @@ def scorecam_weights(
     batch_size: int | None = None,
     align_corners: bool = False,
     progress: bool = False,
+    compile: bool | str | None = None,
 ) -> torch.Tensor:
     r"""Score-CAM weights ``[B, K]``: :math:`\mathrm{softmax}_k\, y_c(x \odot n(\mathrm{up}(A^k)))`.
 
@@ -293,7 +295,9 @@ def scorecam_weights(
     # EfficientNet-Lite0's head 30-65% of the channels are constant, mostly zero).
     lo_hi = flat.flatten(1)
     varying = (lo_hi.amax(1) > lo_hi.amin(1)).nonzero()[:, 0]
+    net = evaluation_forward(model, compile)
     with torch.no_grad(), channels_last(model):
+        # (one forward per call: eager, so that it compiles no graph of its own size)
         black = model(torch.zeros_like(images[:1]).contiguous(memory_format=torch.channels_last))
         all_idx = torch.arange(b * k, device=acts.device) // k
         scores = target(black.expand(b * k, -1), all_idx).to(acts.dtype)
@@ -307,11 +311,11 @@ def scorecam_weights(
                 up = upsample(flat[pairs], size)
             masks = normalize_range(up)  # per channel, eps-guarded: a constant channel gives 0
             masked = (images[img_idx] * masks).contiguous(memory_format=torch.channels_last)
-            scores[pairs] = target(model(masked), img_idx).to(acts.dtype)
+            scores[pairs] = target(net(masked), img_idx).to(acts.dtype)
     return scores.view(b, k, *scores.shape[1:]).softmax(dim=1)
 
 
-@_cam("scorecam", "Score-CAM", batch_size=None, align_corners=False)
+@_cam("scorecam", "Score-CAM", batch_size=None, align_corners=False, compile=None)
 def scorecam(
     model,
     images,
@@ -320,6 +324,7 @@ def scorecam(
     batch_size: int | None = None,
     align_corners: bool = False,
     progress: bool = False,
+    compile: bool | str | None = None,
 ) -> torch.Tensor:
     r"""Score-CAM (Wang et al., CVPR-W 2020), as written in SPEC §1.1:
 
@@ -338,13 +343,18 @@ def scorecam(
             pytorch-grad-cam, whose ``ScoreCAM`` upsamples with ``nn.UpsamplingBilinear2d``, i.e.
             ``align_corners=True`` -- a genuine difference in the masks and hence in the weights.
         progress: show a tqdm progress bar over chunks.
+        compile: the masked forward passes under ``torch.compile`` with static shapes
+            (:func:`paper_code.methods.forward.evaluation_forward`; for GPUs, where they are
+            Score-CAM's whole cost).
 
     Other pytorch-grad-cam differences: it builds all ``K`` masked copies of every image at once
     (memory ``B*K*3*H*W``), loops over images, copies every score to the CPU one at a time; its
     normalization epsilon (``1e-8``) equals this project's.
     """
     acts, _ = forward_features(model, images, layer)
-    weights = scorecam_weights(model, images, target, acts, batch_size, align_corners, progress)
+    weights = scorecam_weights(
+        model, images, target, acts, batch_size, align_corners, progress, compile
+    )
     return weighted_sum(weights, acts).relu()
 
 
@@ -356,6 +366,7 @@ def scorecam_classes(
     batch_size: int | None = None,
     align_corners: bool = False,
     progress: bool = False,
+    compile: bool | str | None = None,
 ) -> torch.Tensor:
     r"""Score-CAM maps of several classes per image, ``[B, R, H, W]`` for ``classes`` ``[B, R]``.
 
@@ -367,7 +378,9 @@ def scorecam_classes(
     with frozen(model):
         acts, _ = forward_features(model, images, layer)
         target = ClassLogits(classes.to(images.device))
-        weights = scorecam_weights(model, images, target, acts, batch_size, align_corners, progress)
+        weights = scorecam_weights(
+            model, images, target, acts, batch_size, align_corners, progress, compile
+        )
     size = tuple(images.shape[-2:])
     maps = [
         finish(weighted_sum(weights[..., r], acts).relu(), size) for r in range(classes.shape[1])

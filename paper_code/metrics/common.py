@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..methods.forward import evaluation_forward
 from ..methods.hooks import channels_last
 
 Explainer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -92,10 +93,16 @@ def _as_classes(classes, b: int, device: torch.device) -> torch.Tensor:
     return c
 
 
-def _classes(model: nn.Module, images: torch.Tensor, classes, batch_size: int) -> torch.Tensor:
+def _classes(
+    model: nn.Module,
+    images: torch.Tensor,
+    classes,
+    batch_size: int,
+    compile: bool | str | None = None,
+) -> torch.Tensor:
     """Class indices ``[B]`` on the images' device; ``None`` -> predicted class of the original image."""
     if classes is None:
-        return class_probs(model, images, None, batch_size=batch_size)[1]
+        return class_probs(model, images, None, batch_size=batch_size, compile=compile)[1]
     return _as_classes(classes, images.shape[0], images.device)
 
 
@@ -136,13 +143,18 @@ def class_probs(
     *,
     batch_size: int | None = None,
     progress: bool = False,
+    compile: bool | str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax probability (float64) of ``classes`` (default: the argmax) -> ``(probs [B], classes [B])``."""
+    """Softmax probability (float64) of ``classes`` (default: the argmax) -> ``(probs [B], classes [B])``.
+
+    ``compile``: the forward passes under ``torch.compile`` with static shapes
+    (:func:`paper_code.methods.forward.evaluation_forward`; every metric takes it)."""
     cls = None if classes is None else _as_classes(classes, images.shape[0], images.device)
     out_p, out_c = [], []
+    net = evaluation_forward(model, compile)
     with channels_last(model), torch.inference_mode():
         for sl in _chunks(images.shape[0], batch_size, progress, "probs"):
-            logits = model(_cl(images[sl]))
+            logits = net(_cl(images[sl]))
             c = logits.argmax(1) if cls is None else cls[sl]
             out_c.append(c)
             out_p.append(_probs_of(logits, c))

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 
+from ..methods.forward import evaluation_forward
 from ..methods.hooks import channels_last
 from .common import _check, _chunks, _cl, _classes, _probs_of, default_batch_size
 
@@ -23,6 +24,7 @@ def classification(
     *,
     batch_size: int | None = None,
     progress: bool = False,
+    compile: bool | str | None = None,
 ) -> dict[str, torch.Tensor]:
     r"""Average Drop, Average Increase and Average Gain, eqs. (13)–(15), per image, in %.
 
@@ -44,17 +46,21 @@ def classification(
     Choices where the paper is silent: probabilities in float64; :math:`0/0 := 0` (AD when
     :math:`p = 0`, AG when :math:`p = 1`, both of which force a zero numerator).
 
+    ``compile``: the forward passes under ``torch.compile`` with static shapes
+    (:func:`paper_code.methods.forward.evaluation_forward`); for GPUs.
+
     Returns:
         dict with ``AD``, ``AG``, ``AI`` (float64 ``[B]``, %), and ``p``, ``o`` (the probabilities).
     """
     maps = _check(images, maps)
-    cls = _classes(model, images, targets, batch_size)
+    cls = _classes(model, images, targets, batch_size, compile)
     ps, os_ = [], []
+    net = evaluation_forward(model, compile)
     with channels_last(model), torch.inference_mode():
         for sl in _chunks(images.shape[0], batch_size, progress, "AD/AG/AI"):
             x = images[sl]
-            ps.append(_probs_of(model(_cl(x)), cls[sl]))
-            os_.append(_probs_of(model(_cl(x * maps[sl])), cls[sl]))
+            ps.append(_probs_of(net(_cl(x)), cls[sl]))
+            os_.append(_probs_of(net(_cl(x * maps[sl])), cls[sl]))
     p, o = torch.cat(ps), torch.cat(os_)
     zero = torch.zeros_like(p)
     drop, gain = (p - o).clamp(min=0), (o - p).clamp(min=0)
@@ -110,6 +116,7 @@ def insertion_deletion(
     batch_size: int | None = None,
     return_curves: bool = False,
     progress: bool = False,
+    compile: bool | str | None = None,
 ) -> dict[str, torch.Tensor]:
     r"""Insertion (I, ↑) and deletion (D, ↓) of Petsiuk et al. (RISE), Section 5.3.2, per image, in %.
 
@@ -136,6 +143,8 @@ def insertion_deletion(
     Args:
         substrate: insertion start image ``[B, 3, H, W]`` or a callable ``images -> substrate``.
         modes: which of ``"I"`` and ``"D"`` to compute.
+        compile: the forward passes under ``torch.compile`` with static shapes (``True``, a mode
+            or a backend name; :func:`paper_code.methods.forward.evaluation_forward`): for GPUs.
 
     Returns:
         dict with ``I`` and/or ``D`` (float64 ``[B]``, %), ``classes`` ``[B]``; with ``return_curves``
@@ -148,7 +157,7 @@ def insertion_deletion(
     if not modes or any(m not in ("I", "D") for m in modes):
         raise ValueError(f"modes must be a non-empty subset of ('I', 'D'), got {modes}")
     b, _, h, w = images.shape
-    cls = _classes(model, images, classes, batch_size)
+    cls = _classes(model, images, classes, batch_size, compile)
     n_steps = math.ceil(h * w / step)
     n_eval = n_steps + 1
     ranks = saliency_ranks(maps).view(b, 1, h, w).int()
@@ -171,6 +180,7 @@ def insertion_deletion(
     )
     batch_size = default_batch_size() if batch_size is None else batch_size
     buf = torch.empty((min(batch_size, total), 3, h, w), dtype=images.dtype, device=images.device)
+    net = evaluation_forward(model, compile)
     with channels_last(model), torch.inference_mode():
         for sl in _chunks(total, batch_size, progress, "insertion/deletion"):
             # Evaluation e <-> (row = mode * B + image, step t); a chunk spans few rows, so we loop over
@@ -186,7 +196,7 @@ def insertion_deletion(
                 )
                 e += t1 - t0
             rows = torch.arange(sl.start, sl.stop, device=images.device) // n_eval
-            probs[sl] = _probs_of(model(_cl(x)), cls[rows % b])
+            probs[sl] = _probs_of(net(_cl(x)), cls[rows % b])
     curves = probs.view(len(modes), b, n_eval)
     out: dict[str, torch.Tensor] = {"classes": cls}
     for i, m in enumerate(modes):
@@ -217,6 +227,7 @@ def aopc(
     return_curves: bool = False,
     return_drops: bool = False,
     progress: bool = False,
+    compile: bool | str | None = None,
 ) -> dict[str, torch.Tensor]:
     r"""AOPC of region perturbation, most relevant first (Samek et al. 2016; Section 5.3.3), per image, in %.
 
@@ -255,6 +266,9 @@ def aopc(
     a partial last row/column; at 224 with patch 14 neither happens. Quantus works in float32; we
     compute probabilities in float64. ``tests/test_quantus_oracle.py`` checks the drops against Quantus.
 
+    ``compile``: the forward passes under ``torch.compile`` with static shapes
+    (:func:`paper_code.methods.forward.evaluation_forward`); for GPUs.
+
     Returns:
         dict with ``AOPC`` (float64 ``[B]``, %), ``classes``; with ``return_curves`` also
         ``AOPC_curve`` ``[B, L + 1]`` (probabilities :math:`f_c(x_k)`, :math:`k = 0..L`); with
@@ -265,7 +279,7 @@ def aopc(
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
     b, _, h, w = images.shape
-    cls = _classes(model, images, classes, batch_size)
+    cls = _classes(model, images, classes, batch_size, compile)
     sums = nn.functional.avg_pool2d(maps, patch, patch, ceil_mode=True, divisor_override=1)
     gh, gw = sums.shape[-2:]
     pranks = saliency_ranks(sums).view(b, 1, gh, gw)
@@ -289,12 +303,13 @@ def aopc(
     n_eval = regions + 1
     total = b * n_eval
     probs = torch.empty(total, dtype=torch.float64, device=images.device)
+    net = evaluation_forward(model, compile)
     with channels_last(model), torch.inference_mode():
         for sl in _chunks(total, batch_size, progress, "AOPC"):
             e = torch.arange(sl.start, sl.stop, device=images.device)
             img, k = e // n_eval, e % n_eval
             x = torch.where(pranks[img] < k.view(-1, 1, 1, 1), base[img], images[img])
-            probs[sl] = _probs_of(model(_cl(x)), cls[img])
+            probs[sl] = _probs_of(net(_cl(x)), cls[img])
     curve = probs.view(b, n_eval)
     drops = curve[:, :1] - curve  # [B, L + 1], d_0 = 0
     score = drops.mean(1) if aggregation == "samek" else drops[:, 1:].mean(1)

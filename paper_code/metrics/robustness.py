@@ -138,6 +138,7 @@ def adcc(
     *,
     batch_size: int | None = None,
     progress: bool = False,
+    compile: bool | str | None = None,
 ) -> dict[str, torch.Tensor]:
     r"""ADCC of Poppi et al. (2021), Section 5.3.3, per image, in % (**higher** is better).
 
@@ -157,11 +158,14 @@ def adcc(
     :math:`\rho := 0` (Coh = 0.5); when any component is 0 (e.g. Com = 1 or AD = 1) the harmonic mean is
     its limit, 0.
 
+    ``compile``: the network's own forward passes (AD) under ``torch.compile``; the explainer
+    runs as given.
+
     Returns:
         dict with ``ADCC`` (%), ``coherency``, ``complexity``, ``AD`` (fractions), all float64 ``[B]``.
     """
     maps = _check(images, maps)
-    cls = _classes(model, images, classes, batch_size)
+    cls = _classes(model, images, classes, batch_size, compile)
     masked = images * maps
     # The explainer runs with autograd enabled: gradient methods and Opti-CAM need it.
     s2 = _explain_chunks(explainer, masked, cls, batch_size).detach().to(images.device)
@@ -169,7 +173,9 @@ def adcc(
     coherency = (_pearson(s1f, s2f) + 1) / 2
     complexity = s1f.abs().mean(1)
     ad = (
-        classification(model, images, maps, cls, batch_size=batch_size, progress=progress)["AD"]
+        classification(
+            model, images, maps, cls, batch_size=batch_size, progress=progress, compile=compile
+        )["AD"]
         / 100
     )
     comps = torch.stack([coherency, 1 - complexity, 1 - ad])

@@ -53,6 +53,9 @@ BOOK_DIR = REPO_ROOT / "book"
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 #: Parameters holding paths: made absolute (relative to the caller's cwd) before injection.
 PATH_PARAMETERS = ("root", "output_dir", "cache_dir")
+#: Profile parameters that set the kernel's process up (:func:`kernel_environment`) instead of
+#: being injected into the notebook.
+PROCESS_PARAMETERS = ("compile_evaluation",)
 #: Set in the kernel's environment while :func:`run_notebook` executes a notebook for the book
 #: (same name as :data:`paper_code.reproduce.display.ENV_BOOK`).
 BOOK_RUN_ENV = "PAPER_CODE_BOOK_RUN"
@@ -283,13 +286,15 @@ def run_notebook(
     nb.metadata["kernelspec"] = {"name": kernel, "display_name": "Python 3", "language": "python"}
     declared = notebook_parameters(nb)
     params: dict[str, Any] = {}
+    # Settings for the kernel's process rather than the notebook's code (see kernel_environment).
+    process: dict[str, Any] = {}
     if profile is not None:
         prof = profile if isinstance(profile, Mapping) else load_profile(profile)
-        params.update(
-            (k, v)
-            for k, v in profile_parameters(prof, name).items()
-            if k in declared or not declared
-        )
+        everything = profile_parameters(prof, name)
+        process.update((k, everything[k]) for k in PROCESS_PARAMETERS if k in everything)
+        params.update((k, v) for k, v in everything.items() if k in declared or not declared)
+    process.update((k, v) for k, v in (parameters or {}).items() if k in PROCESS_PARAMETERS)
+    parameters = {k: v for k, v in (parameters or {}).items() if k not in PROCESS_PARAMETERS}
     for k, v in (parameters or {}).items():
         if declared and k not in declared:
             print(
@@ -304,8 +309,9 @@ def run_notebook(
     workdir.mkdir(parents=True, exist_ok=True)
     # The kernel inherits this process's environment: tell the notebook it runs for the book
     # (paper_code.reproduce.display.glue then leaves the values to the page's prose).
-    saved = {k: os.environ.get(k) for k in (BOOK_RUN_ENV, "PYTHONPATH")}
-    os.environ.update(kernel_environment())
+    env = kernel_environment(**process)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
         papermill.execute_notebook(
             nb,
@@ -333,12 +339,20 @@ def run_notebook(
     return output
 
 
-def kernel_environment() -> dict[str, str]:
+def kernel_environment(compile_evaluation: bool | str | None = None) -> dict[str, str]:
     """Variables a notebook's kernel gets on top of this process's environment: the book-run flag,
     and, when this ``paper_code`` is a source checkout, its folder first on ``PYTHONPATH`` so the
     kernel imports the very code that runs it (not another installed copy, and not the notebook's
-    fallback install from the repository when the checkout was never ``pip install``-ed)."""
+    fallback install from the repository when the checkout was never ``pip install``-ed).
+
+    ``compile_evaluation`` (a profile parameter, e.g. ``-p compile_evaluation true``): the
+    metrics' and Score-CAM's forward passes under ``torch.compile``
+    (:data:`paper_code.methods.forward.ENV_COMPILE`); for GPUs."""
+    from ..methods.forward import ENV_COMPILE
+
     env = {BOOK_RUN_ENV: "1"}
+    if compile_evaluation is not None:
+        env[ENV_COMPILE] = str(compile_evaluation)
     package_parent = str(Path(__file__).resolve().parents[2])
     if (Path(package_parent) / "pyproject.toml").exists():
         rest = [x for x in os.environ.get("PYTHONPATH", "").split(os.pathsep) if x]
