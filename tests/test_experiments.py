@@ -123,3 +123,25 @@ def test_scorecam_maps_of_all_rules_come_from_one_run(tmp_path, monkeypatch):
     for r in rules:
         direct, _ = experiments.cached_maps(fresh, model, "scorecam", batch, r)
         torch.testing.assert_close(joint[r], direct, rtol=0, atol=2e-3)
+
+
+def test_batch_size_auto_fills_the_device_memory():
+    """``batch_size: auto`` (issue 12): 80% of the free memory at the measured bytes per image, a
+    multiple of 8, capped at 512; on a CPU a fixed size; ints pass through, bad values fail."""
+    from paper_code.reproduce.experiments import (
+        CPU_AUTO_BATCH,
+        batch_for_memory,
+        resolve_batch_size,
+    )
+
+    gib = 2**30
+    assert batch_for_memory(100 * gib, 0.5 * gib) == 160  # 80 GiB / 0.5 GiB
+    assert batch_for_memory(100 * gib, 0.3 * gib) == 264  # 266.7 -> multiple of 8 below
+    assert batch_for_memory(139 * gib, 0.01 * gib) == 512  # capped
+    assert batch_for_memory(1 * gib, 0.3 * gib) == 2  # fewer than 8 fit: as many as fit
+    assert batch_for_memory(1 * gib, 2 * gib) == 1  # never 0
+    model = pc.load_model("tiny")
+    assert resolve_batch_size("auto", model, "cpu") == CPU_AUTO_BATCH
+    assert resolve_batch_size(5, model, "cpu") == 5 and resolve_batch_size("12", model, "cpu") == 12
+    with pytest.raises(ValueError, match="auto"):
+        resolve_batch_size(0, model, "cpu")

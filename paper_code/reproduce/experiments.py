@@ -186,14 +186,86 @@ def _ids(dataset) -> list[str]:
     return [ids[i] for i in idx] if idx is not None else ids
 
 
+#: ``batch_size: auto`` on a CPU (memory rarely binds there; speed per image is flat from 4 to 16).
+CPU_AUTO_BATCH = 8
+#: Measured ``auto`` batch sizes per (network, device), so a notebook probes once.
+_AUTO_BATCH: dict[tuple[str, str, bool, str], int] = {}
+
+
+def batch_for_memory(
+    free_bytes: int,
+    per_image_bytes: float,
+    fraction: float = 0.8,
+    cap: int = 512,
+    multiple: int = 8,
+) -> int:
+    """The largest multiple of ``multiple`` (at least 1) whose images take at most ``fraction`` of
+    ``free_bytes`` at ``per_image_bytes`` each, and at most ``cap``."""
+    if per_image_bytes <= 0:
+        return cap
+    n = int(fraction * free_bytes // per_image_bytes)
+    if n >= multiple:
+        n -= n % multiple
+    return max(1, min(cap, n))
+
+
+def resolve_batch_size(
+    batch_size: int | str | None, model: Classifier, device: str | torch.device, probe: int = 8
+) -> int:
+    """``batch_size`` as an int; ``"auto"`` picks one for the device's memory (issue 12).
+
+    On CUDA, ``auto`` runs two Opti-CAM iterations (the protocol's largest working set: forward and
+    backward of the whole network) on ``probe`` images, takes the peak memory per image, doubles it
+    (Table A.12's in/out objectives forward twice the batch) and fills 80% of the free memory with
+    a batch that is a multiple of 8, at most 512 (:func:`batch_for_memory`). On a CPU it is
+    :data:`CPU_AUTO_BATCH`. ``None`` means 8. Not yet run on a GPU (none was available); the
+    arithmetic is tested."""
+    if batch_size is None:
+        return 8
+    if not (isinstance(batch_size, str) and batch_size.strip().lower() == "auto"):
+        value = int(batch_size)
+        if value < 1:
+            raise ValueError(f"batch_size must be >= 1 or 'auto', got {batch_size!r}")
+        return value
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return CPU_AUTO_BATCH
+    key = (
+        model.name,
+        getattr(model, "weights_id", ""),
+        bool(getattr(model, "fused", False)),
+        str(dev),
+    )
+    if key not in _AUTO_BATCH:
+        from ..methods.opticam import optimize
+        from ..methods.targets import ClassLogit
+
+        torch.cuda.synchronize(dev)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+        x = torch.rand(probe, 3, 224, 224, device=dev)
+        classes = torch.zeros(probe, dtype=torch.long, device=dev)
+        optimize(model, x, ClassLogit(classes), model.target_layer, iterations=2, tol=-1.0)
+        torch.cuda.synchronize(dev)
+        per_image = (torch.cuda.max_memory_allocated(dev) - base) / probe
+        del x
+        torch.cuda.empty_cache()
+        free, _ = torch.cuda.mem_get_info(dev)
+        _AUTO_BATCH[key] = batch_for_memory(free, 2 * per_image)
+    return _AUTO_BATCH[key]
+
+
 def batches(
     model: Classifier,
     dataset,
-    batch_size: int,
+    batch_size: int | str,
     device: str | torch.device,
     skip: set[str] = frozenset(),
 ):
-    """Yield :class:`Batch` chunks of ``dataset`` (images whose id is in ``skip`` are left out)."""
+    """Yield :class:`Batch` chunks of ``dataset`` (images whose id is in ``skip`` are left out);
+    ``batch_size`` may be ``"auto"`` (:func:`resolve_batch_size`)."""
+    batch_size = resolve_batch_size(batch_size, model, device)
     ids = _ids(dataset)
     todo = [i for i, x in enumerate(ids) if x not in skip]
     for start in range(0, len(todo), batch_size):
@@ -426,7 +498,7 @@ def run_rows(
     dataset,
     rows_for_batch: RowFn,
     tag: Mapping[str, Any],
-    batch_size: int = 8,
+    batch_size: int | str = 8,
     device: str | torch.device = "cpu",
     progress: bool = True,
     desc: str | None = None,

@@ -235,7 +235,7 @@ class TableRun:
             data,
             rows,
             tag,
-            int(self.params.get("batch_size") or 8),
+            self.params.get("batch_size") or 8,
             self.params.get("device", "cpu"),
             progress=False,
         )
