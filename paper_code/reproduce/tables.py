@@ -421,6 +421,60 @@ class TableRun:
             )
         return pd.DataFrame(out)
 
+    def variant_claims(
+        self,
+        per_image: pd.DataFrame,
+        model_name: str,
+        reference: str,
+        method: str = "opticam",
+        table: str | None = None,
+    ) -> pd.DataFrame:
+        """The paper's orderings between ``method``'s variants (the study tables: objectives and
+        normalizations, target classes), checked on our rows with paired intervals.
+
+        For every other variant the paper and we both have, and every metric: the claim is the
+        paper's order of ``reference`` and that variant (e.g. "Mask/Range higher AG than
+        Diff/Range"); the verdict is from the paired bootstrap interval of our per-image difference
+        (``holds`` only when it excludes zero in the paper's direction). The paper's rows are those
+        of the network :func:`paper_network` names, or of the table's only network. Same columns
+        as :meth:`claims`, so :func:`headline` writes the sentence."""
+        from ..metrics.uncertainty import verdict
+
+        ref = paper_table(table or self.name)
+        networks = list(dict.fromkeys(ref["network"]))
+        network = paper_network(model_name)
+        ref = ref[ref["network"] == (network if network in networks else networks[0])]
+        ref = ref[ref["method"] == PAPER_NAMES.get(method, method)]
+        mine = per_image[(per_image["model"] == model_name) & (per_image["method"] == method)]
+        out = []
+        for m in self.metrics:
+            info = METRICS.get(m)
+            if info is None or m not in mine or mine[m].isna().all():
+                continue
+            sign = 1 if info.direction == "higher" else -1
+            paper_m = ref[ref["metric"] == m].dropna(subset=["value"]).set_index("variant")["value"]
+            if reference not in paper_m.index or reference not in set(mine["variant"]):
+                continue
+            for v in dict.fromkeys(mine["variant"]):
+                if v == reference or v not in paper_m.index:
+                    continue
+                d, lo, hi = self.paired(
+                    mine, m, {"variant": reference}, {"variant": v}
+                )  # fmt: skip
+                word = "higher" if sign > 0 else "lower"
+                if sign * paper_m[reference] >= sign * paper_m[v]:
+                    claim, vd = f"{reference} {word} {m} than {v}", verdict(lo, hi, info.direction)
+                else:
+                    claim, vd = (
+                        f"{v} {word} {m} than {reference}",
+                        verdict(-hi, -lo, info.direction),
+                    )
+                out.append(
+                    {"metric": m, "claim": claim, "baseline": v, "difference": d, "low": lo,
+                     "high": hi, "verdict": vd}
+                )  # fmt: skip
+        return pd.DataFrame(out)
+
     # ------------------------------------------------------------------ display
     def comparable(self, model_name: str) -> bool:
         """Whether our numbers can be subtracted from the paper's: the paper's network on the
