@@ -521,6 +521,14 @@ def test_run_times_estimates(tmp_path: Path) -> None:
     assert fresh.remaining() is None
     fresh.done("x", 12.0, True)
     assert fresh.remaining() == 12.0  # the mean of this run so far
+    # A profile's measured times stand in for a first run, and are rescaled as it goes.
+    first = RunTimes(tmp_path / "none2.json", ["x", "y"], {"x": 10.0, "y": 30.0})
+    assert first.remaining() == 40.0 and "profile's measured times" in first.describe_total()
+    first.done("x", 20.0, True)
+    assert first.remaining() == 60.0
+    assert set(load_profile("sample")["expected_seconds"]) == {
+        n.stem for n in toc_notebooks()
+    } - set(load_profile("sample")["skip"])
 
 
 def test_publishable_notebook_has_no_absolute_paths(tmp_path: Path) -> None:

@@ -462,7 +462,7 @@ def reproduce(
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    timings = RunTimes(out_dir / TIMINGS_FILE, [n for n, _ in todo])
+    timings = RunTimes(out_dir / TIMINGS_FILE, [n for n, _ in todo], prof.get("expected_seconds"))
     if todo:
         print(f"estimated time: {timings.describe_total()}", flush=True)
     jobs = max(1, min(int(jobs), len(todo) or 1))
@@ -610,19 +610,26 @@ class RunTimes:
     """Elapsed and estimated remaining time of a ``reproduce`` run.
 
     The estimate of each notebook is its time in the last run with the same output folder
-    (``<output_dir>/timings.json``, rewritten after every notebook); notebooks with no recorded
+    (``<output_dir>/timings.json``, rewritten after every notebook), else the profile's
+    ``expected_seconds`` (times the project measured); notebooks with neither
     time count as the mean of those measured so far in this run (after the first one). Recorded
     times are scaled by how fast this run goes compared with the last one."""
 
-    def __init__(self, path: Path, names: Sequence[str]) -> None:
+    def __init__(
+        self, path: Path, names: Sequence[str], expected: Mapping[str, float] | None = None
+    ) -> None:
         self.path, self.names = Path(path), list(names)
+        # A profile's ``expected_seconds`` (measured by the project) stand in for notebooks never
+        # run into this folder, so that a first run has an estimate too.
+        self.last: dict[str, float] = {k: float(v) for k, v in (expected or {}).items()}
+        recorded: dict[str, float] = {}
         try:
             loaded = json.loads(self.path.read_text())
-            self.last: dict[str, float] = {
-                k: float(v) for k, v in (loaded.get("seconds") or {}).items()
-            }
+            recorded = {k: float(v) for k, v in (loaded.get("seconds") or {}).items()}
         except (OSError, ValueError, AttributeError):
-            self.last = {}
+            pass
+        self.last.update(recorded)
+        self.from_profile = {n for n in self.names if n in self.last and n not in recorded}
         self.now: dict[str, float] = {}  # notebooks that ran in this run, and their times
         self.finished: set[str] = set()  # ran or failed
         self.start = time.perf_counter()
@@ -675,7 +682,14 @@ class RunTimes:
                 f"unknown for {len(self.names) - known} notebook(s) never run into this folder "
                 "(estimates follow after the first notebook)"
             )
-        return f"about {_hms(r)} (times of the last run in {self.path.name})"
+        source = (
+            f"times of the last run in {self.path.name}"
+            if not self.from_profile
+            else "the profile's measured times, rescaled as the run goes"
+            if self.from_profile == set(self.names)
+            else f"times of the last run in {self.path.name} and the profile's measured times"
+        )
+        return f"about {_hms(r)} ({source})"
 
     def describe_start(self, name: str) -> str:
         e = self.estimate(name)
