@@ -415,7 +415,8 @@ def reproduce(
     copies. Returns 0 when everything ran, 1 when a notebook failed (the site is still built with
     the others; a failed notebook's page shows its error).
 
-    With ``jobs`` > 1, up to ``jobs`` notebooks run at once, each in its own process with
+    With ``jobs`` > 1, the first notebook (Table 1, which computes the maps the others reuse) runs
+    alone with every core, then up to ``jobs`` notebooks at once, each in its own process with
     ``cores / jobs`` threads (``OMP_NUM_THREADS``), its output in ``<out>/logs/<name>.log``.
     Notebooks that need the same saliency maps share them through the cache: its writes are atomic
     and one process at a time computes a given method's missing maps
@@ -542,20 +543,22 @@ def _run_parallel(
     timings: RunTimes,
     logs: Path,
 ) -> list[NotebookRun]:
-    """Run ``todo`` in at most ``jobs`` processes at once, in order; one line when a notebook
-    starts and one when it ends, its output in ``logs/<name>.log``."""
+    """Run ``todo`` in at most ``jobs`` processes at once, in order, the first one alone with every
+    core; one line when a notebook starts and one when it ends, its output in ``logs/<name>.log``."""
     import tempfile
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
     logs.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **job_environment(jobs)}
+    envs = {1: {**os.environ, **job_environment(1)}, jobs: {**os.environ, **job_environment(jobs)}}
     lock = threading.Lock()
     order = {name: i for i, (name, _) in enumerate(todo, 1)}
-    print(f"{jobs} notebooks at a time, {env['OMP_NUM_THREADS']} thread(s) each; "
+    print(f"{todo[0][0]} first, alone ({envs[1]['OMP_NUM_THREADS']} threads: it computes the "
+          "maps the other pages share); then "
+          f"{jobs} notebooks at a time, {envs[jobs]['OMP_NUM_THREADS']} thread(s) each; "
           f"their output: {logs}", flush=True)  # fmt: skip
 
-    def one(item: tuple[str, Path]) -> NotebookRun:
+    def one(item: tuple[str, Path], env: Mapping[str, str]) -> NotebookRun:
         name, src = item
         label = f"[{order[name]}/{len(todo)}] {name}"
         with lock:
@@ -592,8 +595,12 @@ def _run_parallel(
                       file=sys.stderr, flush=True)  # fmt: skip
         return run
 
+    # The first notebook (Table 1) computes every method's maps, which the next pages reuse from the
+    # cache: run in parallel with it, they would wait for its maps (the cache lock) while it runs
+    # with a fraction of the cores. So it runs alone, with all of them.
+    first = one(todo[0], envs[1])
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(one, todo))
+        return [first, *pool.map(lambda item: one(item, envs[jobs]), todo[1:])]
 
 
 # --------------------------------------------------------------------------- time estimates
