@@ -198,10 +198,24 @@ class _SmoothMaxPool(torch.autograd.Function):
         den = e.sum(1, keepdim=True)
         return v, e, den
 
+    #: Rows per chunk: the intermediates are ``81 * 266 * 266`` floats (23 MB) per row at 224 px;
+    #: one row at a time keeps them in cache (batch 8 in one piece was 1.3x slower per image than
+    #: one image at a time on a 2-core CPU). On a GPU the whole batch goes at once.
+    CPU_CHUNK = 1
+
+    @staticmethod
+    def _rows(pu: torch.Tensor) -> list[slice]:
+        n = pu.shape[0]
+        step = n if pu.is_cuda else _SmoothMaxPool.CPU_CHUNK
+        return [slice(i, min(i + step, n)) for i in range(0, n, max(step, 1))]
+
     @staticmethod
     def forward(ctx, pu: torch.Tensor, weight: torch.Tensor, coldness: float) -> torch.Tensor:
-        v, e, den = _SmoothMaxPool._weights(pu, weight, coldness)
-        out = e.mul_(v).sum(1) / den[:, 0]
+        outs = []
+        for sl in _SmoothMaxPool._rows(pu):
+            v, e, den = _SmoothMaxPool._weights(pu[sl], weight, coldness)
+            outs.append(e.mul_(v).sum(1) / den[:, 0])
+        out = torch.cat(outs)
         ctx.save_for_backward(pu, weight, out)
         ctx.coldness = coldness
         return out
@@ -210,11 +224,14 @@ class _SmoothMaxPool(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         pu, weight, out = ctx.saved_tensors
         c = ctx.coldness
-        v, e, den = _SmoothMaxPool._weights(pu, weight, c)
-        e.div_(den)  # softmax weights p_k
-        g = v.sub_(out[:, None]).mul_(c).add_(1).mul_(e).mul_(grad[:, None])
-        g.mul_(weight[None, :, None, :, None, :])
-        return g.sum((3, 5)), None, None
+        grads = []
+        for sl in _SmoothMaxPool._rows(pu):
+            v, e, den = _SmoothMaxPool._weights(pu[sl], weight, c)
+            e.div_(den)  # softmax weights p_k
+            g = v.sub_(out[sl, None]).mul_(c).add_(1).mul_(e).mul_(grad[sl, None])
+            g.mul_(weight[None, :, None, :, None, :])
+            grads.append(g.sum((3, 5)))
+        return torch.cat(grads), None, None
 
 
 class SmoothMask:
