@@ -358,6 +358,15 @@ class TableRun:
         )
         return float(res.mean), float(res.low), float(res.high)
 
+    def _checkable(self, mine: pd.DataFrame):
+        """``(metric, info, sign)`` for the metrics of this table with values in ``mine``; ``sign``
+        is +1 where higher is better, -1 where lower is."""
+        for m in self.metrics:
+            info = METRICS.get(m)
+            if info is None or m not in mine or mine[m].isna().all():
+                continue
+            yield m, info, 1 if info.direction == "higher" else -1
+
     def claims(
         self,
         per_image: pd.DataFrame,
@@ -381,11 +390,7 @@ class TableRun:
             ref = ref[ref["dataset"] == dataset]
         mine = per_image[(per_image["model"] == model_name) & (per_image["variant"] == "")]
         out = []
-        for m in self.metrics:
-            info = METRICS.get(m)
-            if info is None or m not in mine or mine[m].isna().all():
-                continue
-            sign = 1 if info.direction == "higher" else -1
+        for m, info, sign in self._checkable(mine):
             paper_m = ref[ref["metric"] == m].dropna(subset=["value"])
             paper_m = paper_m[
                 ~paper_m["method"].isin(["Fake-CAM"]) & ~paper_m["method"].str.startswith("S :=")
@@ -447,11 +452,7 @@ class TableRun:
         ref = ref[ref["method"] == PAPER_NAMES.get(method, method)]
         mine = per_image[(per_image["model"] == model_name) & (per_image["method"] == method)]
         out = []
-        for m in self.metrics:
-            info = METRICS.get(m)
-            if info is None or m not in mine or mine[m].isna().all():
-                continue
-            sign = 1 if info.direction == "higher" else -1
+        for m, info, sign in self._checkable(mine):
             paper_m = ref[ref["metric"] == m].dropna(subset=["value"]).set_index("variant")["value"]
             if reference not in paper_m.index or reference not in set(mine["variant"]):
                 continue
