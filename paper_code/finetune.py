@@ -45,7 +45,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -60,7 +59,7 @@ from torchvision.transforms import functional as TF
 
 from .data import collate, load_dataset
 from .models import Classifier, checkpoint_info, load_model
-from .reproduce.results import _atomic_torch_save
+from .reproduce.results import _atomic_torch_save, _atomic_write_bytes
 
 __all__ = [
     "AUGMENTATIONS",
@@ -207,18 +206,6 @@ def head_name(model: Classifier) -> str:
     """Dotted name (in ``model.net``) of the final layer: the network's last ``nn.Linear``
     (``fc`` for ResNet50 and the tiny CNN, ``classifier.6`` for VGG16-BN)."""
     return [n for n, m in model.net.named_modules() if isinstance(m, nn.Linear)][-1]
-
-
-def _atomic_text(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _epoch_seed(seed: int, stage: int, epoch: int) -> int:
@@ -374,7 +361,7 @@ def _write_log(history: Sequence[dict[str, Any]], path: Path) -> None:
     w.writeheader()
     for row in history:
         w.writerow({k: row.get(k) for k in _LOG_COLUMNS})
-    _atomic_text(buf.getvalue(), path)
+    _atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
 
 
 def _better(a: dict[str, Any], b: dict[str, Any] | None) -> bool:
@@ -597,7 +584,9 @@ def _finish(
         "split_file": ck["split_file"],
         "config": dataclasses.asdict(cfg),
     }
-    _atomic_text(json.dumps(summary, indent=1, default=str) + "\n", cfg.path(".json"))
+    _atomic_write_bytes(
+        cfg.path(".json"), (json.dumps(summary, indent=1, default=str) + "\n").encode("utf-8")
+    )
     parts = [
         f"{k} {v['test_accuracy']:.1f} % (stage {v['stage']} epoch {v['epoch']})"
         for k, v in results.items()

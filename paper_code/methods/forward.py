@@ -59,11 +59,9 @@ class StaticForward:
             self.sizes.add(n)
             return self._fn(x)
         size = min(fits)
-        pad = x.new_zeros((size - n, *x.shape[1:]))
-        memory = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else None
-        padded = torch.cat([x, pad])
-        if memory is not None:
-            padded = padded.contiguous(memory_format=memory)
+        padded = torch.cat([x, x.new_zeros((size - n, *x.shape[1:]))])
+        if x.is_contiguous(memory_format=torch.channels_last):  # the layout the graph was built for
+            padded = padded.contiguous(memory_format=torch.channels_last)
         return self._fn(padded)[:n]
 
 

@@ -522,7 +522,6 @@ def _job_main(spec_file: str) -> int:
     notebook, the executed-notebooks folder and the resolved profile; writes the outcome (JSON)
     beside the spec."""
     spec = json.loads(Path(spec_file).read_text())
-    t0 = time.perf_counter()
     try:
         path = run_notebook(
             spec["src"], None, spec["executed"], profile=spec["profile"], progress=False
@@ -530,7 +529,6 @@ def _job_main(spec_file: str) -> int:
         outcome = {"ok": True, "output": str(path), "error": ""}
     except NotebookError as err:
         outcome = {"ok": False, "output": str(err.output or ""), "error": str(err)}
-    outcome["seconds"] = time.perf_counter() - t0
     Path(spec_file).with_suffix(".result.json").write_text(json.dumps(outcome))
     return 0 if outcome["ok"] else 1
 

@@ -221,14 +221,14 @@ class MapCache:
             raise ValueError("ids must be unique")
         todo = self.missing(key, ids)
         step = batch_size or max(len(todo), 1)
-        folder = self.folder(key)
+        # One process at a time computes this key's maps (``reproduce --jobs N`` runs notebooks
+        # that need the same maps at once): under the lock, what another process stored meanwhile
+        # is no longer missing, so no map is computed twice. The ranks of a sharded run compute
+        # disjoint images: each has its own lock.
+        rank = os.environ.get("RANK")
+        lock = self.folder(key) / (".lock" if rank is None else f".lock.rank{rank}")
         while todo:
-            # One process at a time computes this key's maps (``reproduce --jobs N`` runs
-            # notebooks that need the same maps at once): under the lock, what another process
-            # stored meanwhile is no longer missing, so no map is computed twice. The ranks of a
-            # sharded run compute disjoint images: each has its own lock.
-            rank = os.environ.get("RANK")
-            with _locked(folder / (".lock" if rank is None else f".lock.rank{rank}")):
+            with _locked(lock):
                 todo = self.missing(key, ids)
                 if not todo:
                     break

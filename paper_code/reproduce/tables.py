@@ -235,7 +235,7 @@ class TableRun:
             data,
             rows,
             tag,
-            self.params.get("batch_size") or 8,
+            self.params.get("batch_size"),  # None -> 8; "auto" (ex.resolve_batch_size)
             self.params.get("device", "cpu"),
             progress=False,
         )
@@ -459,9 +459,7 @@ class TableRun:
             for v in dict.fromkeys(mine["variant"]):
                 if v == reference or v not in paper_m.index:
                     continue
-                d, lo, hi = self.paired(
-                    mine, m, {"variant": reference}, {"variant": v}
-                )  # fmt: skip
+                d, lo, hi = self.paired(mine, m, {"variant": reference}, {"variant": v})
                 word = "higher" if sign > 0 else "lower"
                 if sign * paper_m[reference] >= sign * paper_m[v]:
                     claim, vd = f"{reference} {word} {m} than {v}", verdict(lo, hi, info.direction)
