@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jupytext
@@ -533,6 +534,24 @@ def test_run_times_estimates(tmp_path: Path) -> None:
     assert set(load_profile("sample")["expected_seconds"]) == {
         n.stem for n in toc_notebooks()
     } - set(load_profile("sample")["skip"])
+
+
+def test_run_times_parallel_schedule(tmp_path: Path) -> None:
+    """With ``jobs`` N the estimate is the wall time of the first notebook alone, then the others
+    N at a time in order (list scheduling), not the sum of every notebook's time."""
+    times = {"t1": 100.0, "a": 40.0, "b": 30.0, "c": 20.0, "d": 10.0}
+    t = RunTimes(tmp_path / "none.json", list(times), times)
+    assert t.remaining() == 200.0  # one at a time: the sum
+    t.parallel(2, "t1")
+    # t1 alone (100), then a|b on two slots, c after b (30 + 20), d after a (40 + 10): 50
+    assert t.remaining() == 150.0 and "2 at a time after t1" in t.describe_total()
+    t.parallel(4, "t1")
+    assert t.remaining() == 140.0  # t1, then the longest of the four (a)
+    t.parallel(2, "t1")
+    t.done("t1", 100.0, True)  # as expected: no rescaling
+    t.running = {"a": time.perf_counter() - 35.0, "b": time.perf_counter() - 10.0}
+    # a has ~5 s left, b ~20: c starts on a's slot (5 + 20 = 25), d on b's (20 + 10 = 30)
+    assert t.remaining() == pytest.approx(30.0, abs=0.5)
 
 
 def test_publishable_notebook_has_no_absolute_paths(tmp_path: Path) -> None:

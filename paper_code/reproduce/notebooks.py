@@ -464,9 +464,11 @@ def reproduce(
         print(f"error: {err}", file=sys.stderr)
         return 1
     timings = RunTimes(out_dir / TIMINGS_FILE, [n for n, _ in todo], prof.get("expected_seconds"))
+    jobs = max(1, min(int(jobs), len(todo) or 1))
+    if jobs > 1:
+        timings.parallel(jobs, todo[0][0])
     if todo:
         print(f"estimated time: {timings.describe_total()}", flush=True)
-    jobs = max(1, min(int(jobs), len(todo) or 1))
     if jobs > 1:
         runs = _run_parallel(todo, executed, prof, jobs, timings, out_dir / "logs")
     for i, (name, src) in enumerate(todo if jobs == 1 else [], 1):
@@ -560,6 +562,7 @@ def _run_parallel(
         name, src = item
         label = f"[{order[name]}/{len(todo)}] {name}"
         with lock:
+            timings.begin(name)
             print(f"{label} ... {timings.describe_start(name)}", flush=True)
         with tempfile.TemporaryDirectory(prefix=f"paper_code_{name}_") as tmp:
             spec = Path(tmp) / "spec.json"
@@ -638,6 +641,18 @@ class RunTimes:
         self.now: dict[str, float] = {}  # notebooks that ran in this run, and their times
         self.finished: set[str] = set()  # ran or failed
         self.start = time.perf_counter()
+        # ``reproduce(jobs=N)``: N notebooks at once after ``alone`` (run first, by itself); the
+        # ones running now and when they started. One at a time: slots 1.
+        self.slots, self.alone = 1, None
+        self.running: dict[str, float] = {}
+
+    def parallel(self, slots: int, alone: str | None = None) -> None:
+        """Estimate as ``reproduce(jobs=slots)`` runs: ``alone`` first by itself, then the others
+        ``slots`` at a time, in order, each starting when a slot frees (list scheduling)."""
+        self.slots, self.alone = max(1, int(slots)), alone
+
+    def begin(self, name: str) -> None:
+        self.running[name] = time.perf_counter()
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -657,18 +672,31 @@ class RunTimes:
         return None
 
     def remaining(self, current: str | None = None, current_elapsed: float = 0.0) -> float | None:
-        """Seconds left for the notebooks not finished yet (None: unknown)."""
+        """Seconds left for the notebooks not finished yet (None: unknown): their sum one at a
+        time; with :meth:`parallel`, the wall time of scheduling them on the free slots."""
         left = [n for n in self.names if n not in self.finished]
-        total = 0.0
-        for n in left:
-            e = self.estimate(n)
-            if e is None:
-                return None
-            total += max(e - current_elapsed, 0.0) if n == current else e
-        return total
+        estimates = {n: self.estimate(n) for n in left}
+        if any(e is None for e in estimates.values()):
+            return None
+        now = time.perf_counter()
+        elapsed = {n: now - t0 for n, t0 in self.running.items() if n in estimates}
+        if current is not None:
+            elapsed[current] = current_elapsed
+        rest = {n: max(float(estimates[n] or 0.0) - elapsed.get(n, 0.0), 0.0) for n in left}
+        if self.slots == 1:
+            return sum(rest.values())
+        serial = rest.pop(self.alone, 0.0) if self.alone in rest else 0.0
+        slots = sorted(rest.pop(n) for n in list(rest) if n in elapsed)  # already running
+        slots += [0.0] * max(self.slots - len(slots), 0)
+        for n in left:  # the others start in order, each on the first slot to free
+            if n in rest:
+                slots.sort()
+                slots[0] += rest[n]
+        return serial + max(slots, default=0.0)
 
     def done(self, name: str, seconds: float, ok: bool) -> None:
         self.finished.add(name)
+        self.running.pop(name, None)
         if ok:  # a failed notebook's time says nothing about the others
             self.now[name] = seconds
             merged = {**self.last, **{k: round(v, 1) for k, v in self.now.items()}}
@@ -694,6 +722,8 @@ class RunTimes:
             if self.from_profile == set(self.names)
             else f"times of the last run in {self.path.name} and the profile's measured times"
         )
+        if self.slots > 1:
+            source += f"; {self.slots} at a time after {self.alone or 'the first'}"
         return f"about {_hms(r)} ({source})"
 
     def describe_start(self, name: str) -> str:
