@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -55,6 +56,65 @@ def test_every_cnn_method_runs_on_a_plain_sequential(method):
     # And the metrics take the same network.
     r = metrics.classification(model, x, maps, torch.tensor([1, 4]))
     assert set(r) >= {"AD", "AG", "AI"} and all(torch.isfinite(v).all() for v in r.values())
+
+
+class OutputForm(nn.Module):
+    """``plain_cnn`` returning its logits as Hugging Face, torchvision-aux or dict models do."""
+
+    def __init__(self, form: str) -> None:
+        super().__init__()
+        self.net, self.form = plain_cnn(), form
+
+    def forward(self, x):
+        y = self.net(x)
+        if self.form == "tuple":  # main head first, an auxiliary one after
+            return y, -y
+        if self.form == "dict":
+            return {"aux": -y, "logits": y}
+        if self.form == "object":
+            return SimpleNamespace(logits=y, hidden_states=None)
+        return y
+
+
+@pytest.mark.parametrize("method", [m for m, s in METHODS.items() if "cnn" in s.families])
+def test_methods_read_logits_of_any_output_form_and_ignore_the_callers_grad_mode(method):
+    """Same maps, to float rounding, whatever the model returns (tensor, tuple, dict, object with
+    ``.logits``) and whether the caller is in no_grad or inference_mode (gc #80, #121, #481)."""
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    layer = {"layer": "net.3"} if METHODS[method].needs_layer else {}
+    opts = {**layer, **QUICK.get(method, {})}
+    reference = explain(method, OutputForm("tensor"), x, [1, 4], **opts)
+    for form, mode in (("tuple", torch.no_grad), ("dict", torch.inference_mode),
+                       ("object", torch.enable_grad)):  # fmt: skip
+        model = OutputForm(form)
+        with mode():
+            maps = explain(method, model, x, [1, 4], **opts)
+        torch.testing.assert_close(maps, reference, atol=1e-6, rtol=0, msg=f"{form} / {mode}")
+    r = metrics.classification(OutputForm("dict"), x, reference, torch.tensor([1, 4]))
+    r0 = metrics.classification(OutputForm("tensor"), x, reference, torch.tensor([1, 4]))
+    assert all(torch.equal(r[k], r0[k]) for k in ("AD", "AG", "AI"))
+
+
+def test_unreadable_outputs_and_unknown_options_are_named():
+    x = torch.rand(1, 3, 32, 32)
+
+    class Bad(nn.Module):
+        def __init__(self, out):
+            super().__init__()
+            self.conv, self.out = nn.Conv2d(3, 2, 3), out
+
+        def forward(self, x):
+            y = self.conv(x)
+            return {"scores": y.mean((2, 3))} if self.out == "dict" else y
+
+    with pytest.raises(TypeError, match=r"returned a dict with keys \['scores'\].*logits"):
+        explain("gradcam", Bad("dict"), x, [0], layer="conv")
+    with pytest.raises(TypeError, match=r"logits must be \[B, C\].*\[1, 2, 30, 30\]"):
+        explain("gradcam", Bad("map"), x, [0], layer="conv")
+    with pytest.raises(
+        TypeError, match="scorecam has no option 'iterations'; its options: batch_size"
+    ):
+        explain("scorecam", plain_cnn(), x, [0], layer="3", iterations=3)
 
 
 def test_layer_methods_need_a_layer_on_a_plain_network():

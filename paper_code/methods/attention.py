@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..models.outputs import logits_of
 from .hooks import frozen
 from .maps import normalize_range, upsample
 from .registry import register
@@ -158,7 +159,7 @@ def attention_gradients(
     """
     x = images.detach().clone().requires_grad_(True)
     with torch.enable_grad(), frozen(model), capture_attention(model, retain_grad=True) as cap:
-        logits = model(x)
+        logits = logits_of(model(x))
         index = torch.arange(images.shape[0], device=logits.device)
         target(logits, index).sum().backward()
         maps = [a.detach() for a in cap.tensors()]

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.outputs import logits_of
 from .forward import evaluation_forward
 from .hooks import (
     as_feature_layer,
@@ -298,7 +299,9 @@ def scorecam_weights(
     net = evaluation_forward(model, compile)
     with torch.no_grad(), channels_last(model):
         # (one forward per call: eager, so that it compiles no graph of its own size)
-        black = model(torch.zeros_like(images[:1]).contiguous(memory_format=torch.channels_last))
+        black = logits_of(
+            model(torch.zeros_like(images[:1]).contiguous(memory_format=torch.channels_last))
+        )
         all_idx = torch.arange(b * k, device=acts.device) // k
         scores = target(black.expand(b * k, -1), all_idx).to(acts.dtype)
         chunks = _chunks(varying.numel(), batch_size)
@@ -311,7 +314,7 @@ def scorecam_weights(
                 up = upsample(flat[pairs], size)
             masks = normalize_range(up)  # per channel, eps-guarded: a constant channel gives 0
             masked = (images[img_idx] * masks).contiguous(memory_format=torch.channels_last)
-            scores[pairs] = target(net(masked), img_idx).to(acts.dtype)
+            scores[pairs] = target(logits_of(net(masked)), img_idx).to(acts.dtype)
     return scores.view(b, k, *scores.shape[1:]).softmax(dim=1)
 
 
@@ -429,7 +432,7 @@ def ablation_scores(
             if fast:
                 first, last = lo // k, (hi - 1) // k
                 try:
-                    logits = model(images[first : last + 1])
+                    logits = logits_of(model(images[first : last + 1]))
                     if logits.shape[0] != hi - lo:
                         logits = None
                 except RuntimeError:
@@ -437,7 +440,7 @@ def ablation_scores(
                 if logits is None:
                     fast = False
             if logits is None:
-                logits = model(images[img_idx])
+                logits = logits_of(model(images[img_idx]))
             # The target is indexed by the image's position in the full batch.
             scores[lo:hi] = target(logits, img_idx)
             cap.replacement = None

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..models.outputs import logits_of
 from .hooks import FeatureLayer, ReshapeTransform
 from .registry import get_method
 from .targets import Target, resolve_targets
@@ -84,7 +85,7 @@ def num_classes_of(model: nn.Module, images: torch.Tensor) -> int:
     n = getattr(model, "num_classes", None)
     if n is None:
         with torch.no_grad():
-            n = model(images[:1]).shape[1]
+            n = logits_of(model(images[:1])).shape[1]
     return int(n)
 
 
@@ -104,7 +105,10 @@ def explain(
         method: an id of :data:`paper_code.methods.METHODS` (``python -m paper_code list`` shows them
             with their paper names and kinds).
         model: a :class:`paper_code.models.Classifier` or any ``nn.Module`` mapping ``[B, 3, H, W]``
-            images in [0, 1] to logits ``[B, C]``.
+            images in [0, 1] to logits ``[B, C]``, returned as a tensor, a tuple (logits first), a
+            dict with ``"logits"`` or an object with ``.logits`` (Hugging Face); see
+            :func:`paper_code.models.logits_of`. Works inside the caller's ``torch.no_grad()`` or
+            ``torch.inference_mode()``: methods that need gradients turn them on themselves.
         images: ``[B, 3, H, W]`` float in [0, 1], on the model's device.
         targets: class indices (int, sequence or ``[B]`` tensor), ``None`` for the predicted class,
             or a target callable ``target(logits, index) -> scores`` (see
@@ -134,4 +138,18 @@ def explain(
     params = inspect.signature(spec.fn).parameters
     if "progress" in options and "progress" not in params:
         options.pop("progress")  # single-pass methods have no loop to report on
-    return spec.fn(model, images, target, feature_layer, **options)
+    named = [n for n, q in list(params.items())[4:] if q.kind is not q.VAR_KEYWORD]
+    open_ended = any(q.kind is q.VAR_KEYWORD for q in params.values())
+    unknown = sorted(set(options) - set(named))
+    if unknown and not open_ended:
+        raise TypeError(
+            f"{method} has no option {', '.join(map(repr, unknown))}; its options: "
+            f"{', '.join(named) or 'none'}"
+        )
+    # Gradient and optimization methods need autograd even when the caller is in no_grad or
+    # inference_mode (each method turns gradients on where it needs them); a tensor made under
+    # inference_mode cannot enter an autograd graph, so it is copied.
+    with torch.inference_mode(False):
+        if images.is_inference():
+            images = images.clone()
+        return spec.fn(model, images, target, feature_layer, **options)

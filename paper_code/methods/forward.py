@@ -21,6 +21,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..models.outputs import logits_of
+
 __all__ = ["ENV_COMPILE", "StaticForward", "evaluation_forward"]
 
 #: Environment variable read when ``compile`` is ``None``: unset, ``""``, ``0`` or ``false`` -> eager;
@@ -57,12 +59,12 @@ class StaticForward:
         fits = [s for s in self.sizes if s > n]
         if n in self.sizes or not fits:
             self.sizes.add(n)
-            return self._fn(x)
+            return logits_of(self._fn(x))
         size = min(fits)
         padded = torch.cat([x, x.new_zeros((size - n, *x.shape[1:]))])
         if x.is_contiguous(memory_format=torch.channels_last):  # the layout the graph was built for
             padded = padded.contiguous(memory_format=torch.channels_last)
-        return self._fn(padded)[:n]
+        return logits_of(self._fn(padded))[:n]
 
 
 def compile_setting(value: bool | str | None) -> bool | str:

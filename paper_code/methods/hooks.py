@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..models.outputs import logits_of
 from ..models.tokens import tokens_to_grid  # noqa: F401  (re-exported: the ViT reshape)
 
 ReshapeTransform = Callable[[torch.Tensor], torch.Tensor]
@@ -161,7 +162,7 @@ def forward_features(
     """One clean forward pass: feature maps :math:`A_\\ell(x)` ``[B, K, h, w]`` and the logits (no grad)."""
     layer = as_feature_layer(layer)
     with torch.no_grad(), capture(layer.module) as cap:
-        logits = model(images)
+        logits = logits_of(model(images))
         acts = _activation(cap, layer).detach()
     return acts, logits
 
@@ -180,7 +181,7 @@ def forward_with_gradients(
     """
     layer = as_feature_layer(layer)
     with torch.enable_grad(), capture(layer.module, detach_for_grad=True) as cap:
-        logits = model(images)
+        logits = logits_of(model(images))
         _activation(cap, layer)  # checks
         raw = cap.output
         index = torch.arange(images.shape[0], device=logits.device)

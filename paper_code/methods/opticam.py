@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..models.outputs import logits_of
 from .hooks import FeatureLayer, channels_last, forward_features, frozen
 from .maps import NORMALIZATIONS, normalize, upsample, weighted_sum
 from .registry import register
@@ -63,14 +64,14 @@ def saliency(
 
 
 def _masked_score(model, images, masks, target, index) -> torch.Tensor:
-    return target(model(images * masks), index)
+    return target(logits_of(model(images * masks)), index)
 
 
 def _in_out_scores(model, images, masks, target, index) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores of :math:`x \\odot s` and :math:`x \\odot (1 - s)`, both masked images in one forward pass."""
     n = images.shape[0]
     both = torch.cat([images * masks, images * (1 - masks)])
-    scores = target(model(both), torch.cat([index, index]))
+    scores = target(logits_of(model(both)), torch.cat([index, index]))
     return scores[:n], scores[n:]
 
 
@@ -160,6 +161,8 @@ class _Adam:
         u[rows] = u[rows] - (self.lr / bc1) * m / denom
 
 
+@torch.inference_mode(False)  # a caller's no_grad / inference_mode must not stop the loop
+@torch.enable_grad()
 def optimize(
     model: nn.Module,
     images: torch.Tensor,
@@ -230,6 +233,8 @@ def optimize(
         iterations = 50 if official else 100
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
+    if images.is_inference():  # made under inference_mode: cannot enter an autograd graph
+        images = images.clone()
     if compile:
         if official:
             raise ValueError("compile=True needs the per-image rule (official=False)")
@@ -338,7 +343,7 @@ def _compiled_parts(model: nn.Module, size, normalization: str, mode: str | None
             return saliency(u, feats, size, normalization)
 
         def net(x):
-            return model(x)
+            return logits_of(model(x))
 
         # A mode of torch.compile ("max-autotune", ...) or the name of a backend ("aot_eager":
         # graphs captured and differentiated, not code-generated: quick to build, for tests).

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from ..models.outputs import logits_of
 from .hooks import channels_last, frozen
 from .registry import register
 from .targets import SubsetTarget, Target, batch_chunks
@@ -468,7 +469,7 @@ def optimize(
             with torch.autocast(
                 device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
             ):
-                scores = target(model(x.contiguous(memory_format=fmt)), idx).float()
+                scores = target(logits_of(model(x.contiguous(memory_format=fmt))), idx).float()
             if variant == "preserve":
                 reward = scores
             elif variant == "delete":

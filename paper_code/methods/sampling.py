@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..models.outputs import logits_of
 from .hooks import frozen
 from .maps import normalize_range
 from .registry import register
@@ -135,7 +136,7 @@ def _lime_classifier(
         out = []
         with torch.inference_mode():
             for i in range(0, x.shape[0], chunk):
-                logits = model(x[i : i + chunk])
+                logits = logits_of(model(x[i : i + chunk]))
                 if probabilities:
                     out.append(logits.float().softmax(1))
                 else:
@@ -316,7 +317,7 @@ class _Scored(nn.Module):
         self.target = target
 
     def forward(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        scores = self.target(self.model(x), index)
+        scores = self.target(logits_of(self.model(x)), index)
         if scores.dim() != 1:
             raise ValueError(
                 f"GradientSHAP needs one score per image from the target, got shape {list(scores.shape)}"

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ..models.outputs import logits_of
+
 Target = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -64,7 +66,7 @@ def resolve_classes(
     b = images.shape[0]
     if targets is None:
         with torch.no_grad():
-            return model(images).argmax(1)
+            return logits_of(model(images)).argmax(1)
     if isinstance(targets, bool):
         raise TypeError("targets must be class indices, not a bool")
     if isinstance(targets, int):

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..methods.forward import evaluation_forward
 from ..methods.hooks import channels_last
+from ..models.outputs import logits_of
 
 Explainer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -133,7 +134,7 @@ def _cl(x: torch.Tensor) -> torch.Tensor:
 
 
 def _probs_of(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-    return logits.double().softmax(1).gather(1, classes[:, None].long())[:, 0]
+    return logits_of(logits).double().softmax(1).gather(1, classes[:, None].long())[:, 0]
 
 
 def class_probs(
@@ -154,7 +155,7 @@ def class_probs(
     net = evaluation_forward(model, compile)
     with channels_last(model), torch.inference_mode():
         for sl in _chunks(images.shape[0], batch_size, progress, "probs"):
-            logits = net(_cl(images[sl]))
+            logits = logits_of(net(_cl(images[sl])))
             c = logits.argmax(1) if cls is None else cls[sl]
             out_c.append(c)
             out_p.append(_probs_of(logits, c))

@@ -26,6 +26,8 @@ import torch
 from scipy import ndimage
 from torch import nn
 
+from ..models.outputs import logits_of
+
 #: BoxAcc thresholds η: 100 evenly spaced values in [0, 1) (Choe et al. 2020 use a similar grid).
 ETAS = tuple(i / 100 for i in range(100))
 #: BoxAcc IoU thresholds δ (Choe et al. 2020, MaxBoxAccV2).
@@ -156,7 +158,7 @@ def box_crop_probs(
             r = rois[s : s + batch_size].clone()
             r[:, 0] -= s
             crops = roi_align(images[s : s + batch_size], r, (h, w), 1.0, 1, aligned=True)
-            logits = model(crops).double()
+            logits = logits_of(model(crops)).double()
             out.append(logits.softmax(1).gather(1, cls[s : s + batch_size, None])[:, 0])
     return torch.cat(out)
 

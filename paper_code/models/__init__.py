@@ -21,6 +21,7 @@ from .cnn import (
     weights_identity,
     without_standardization,
 )
+from .outputs import logits_of
 from .tokens import tokens_to_grid
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "fuse_for_inference",
     "imagenet_categories",
     "load_model",
+    "logits_of",
     "tokens_to_grid",
     "weights_identity",
     "without_standardization",
