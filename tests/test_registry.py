@@ -118,7 +118,10 @@ def test_unreadable_outputs_and_unknown_options_are_named():
 
 
 def test_layer_methods_need_a_layer_on_a_plain_network():
-    with pytest.raises(ValueError, match="layer"):
+    # The error names the candidates, last first: plain_cnn's "3" (the ReLU after the second
+    # conv, 16 x 8 x 8 on 32 x 32 images), then that conv "2", then the first ReLU "1".
+    with pytest.raises(ValueError, match=r"spatial feature maps here: '3' \[16, 8, 8\], '2' "
+                                         r"\[16, 8, 8\], '1' \[8, 16, 16\]$"):  # fmt: skip
         explain("gradcam", plain_cnn(), torch.rand(1, 3, 32, 32), [0])
     with pytest.raises(ValueError, match="no layer 'nope'"):
         explain("gradcam", plain_cnn(), torch.rand(1, 3, 32, 32), [0], layer="nope")

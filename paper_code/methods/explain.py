@@ -51,12 +51,14 @@ def resolve_layer(
     layer: str | nn.Module | FeatureLayer | None,
     reshape_transform: ReshapeTransform | None = None,
     method: str = "this method",
+    images: torch.Tensor | None = None,
 ) -> FeatureLayer:
     """The feature layer to hook: a module, a dotted name in the model, or the model's default.
 
     ``paper_code`` classifiers resolve names in their ``net`` and default to the paper's layer (and
     carry their own ``reshape_transform`` for transformers); any other module resolves dotted names
-    with ``get_submodule`` and has no default.
+    with ``get_submodule`` and has no default (given ``images``, the error then names the layers
+    with spatial feature maps, last first).
     """
     if isinstance(layer, FeatureLayer):
         return layer
@@ -74,10 +76,40 @@ def resolve_layer(
             raise ValueError(
                 f"the model has no layer {layer!r}; its layers include: {', '.join(names)}"
             ) from None
+    hint = ""
+    if images is not None:
+        found = spatial_layers(model, images[:1])[-3:][::-1]
+        if found:
+            hint = "; the last layers with spatial feature maps here: " + ", ".join(
+                f"{name!r} {list(shape[1:])}" for name, shape in found
+            )
     raise ValueError(
         f"{method} needs a feature layer: pass layer=<nn.Module or dotted name> for models that are "
-        "not paper_code classifiers"
+        f"not paper_code classifiers (the paper uses the last convolutional block){hint}"
     )
+
+
+def spatial_layers(model: nn.Module, images: torch.Tensor) -> list[tuple[str, torch.Size]]:
+    """Modules of ``model`` whose output is a ``[B, K, h, w]`` map with ``h * w > 1``, in the order
+    they first run on ``images`` (one forward pass, no gradients): the candidates for ``layer``."""
+    seen: dict[str, torch.Size] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+
+        def hook(_m, _inp, out, name=name):
+            if isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[-2:].numel() > 1:
+                seen.setdefault(name, out.shape)
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(images)
+    finally:
+        for h in handles:
+            h.remove()
+    return list(seen.items())
 
 
 def num_classes_of(model: nn.Module, images: torch.Tensor) -> int:
@@ -133,7 +165,7 @@ def explain(
             f"{', '.join(spec.families)})"
         )
     feature_layer = (
-        resolve_layer(model, layer, reshape_transform, method) if spec.needs_layer else None
+        resolve_layer(model, layer, reshape_transform, method, images) if spec.needs_layer else None
     )
     params = inspect.signature(spec.fn).parameters
     if "progress" in options and "progress" not in params:
