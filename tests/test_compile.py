@@ -157,6 +157,27 @@ def test_gpu_benchmark_quick_on_cpu(capsys):
     assert res["opticam"][("tiny", 2, "eager")] > 0 and res["insdel"]["tiny"] > 0
     assert set(res["projection"]) == {"imagenet-1k", "imagenet"}
     assert res["projection"]["imagenet"] > res["projection"]["imagenet-1k"] > 0
+    # --budget (a time-limited GPU session): Opti-CAM rows past it are skipped, the projection
+    # still comes, from the insertion/deletion costs measured and a stand-in Opti-CAM cost.
+    res = bench.main(["--device", "cpu", "--quick", "--models", "tiny", "tiny", "--budget", "0"])
+    out = capsys.readouterr().out
+    assert out.count("skipped (--budget 0 s spent)") == 1  # the first row always runs
+    assert res["projection"]["imagenet"] > 0
+
+
+def test_device_checks_run_on_cpu(capsys):
+    """benchmarks/device_checks.py, the GPU session's correctness checks, on the CPU (tiny CNN,
+    aot_eager): every check passes here, so a failure on a GPU is the GPU path's."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "device_checks.py"
+    spec = importlib.util.spec_from_file_location("device_checks", path)
+    checks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(checks)
+    assert checks.main(["--device", "cpu", "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("PASS ") == 5 and "FAIL" not in out
 
 
 # --------------------------------------------------------------------------- evaluation forwards
