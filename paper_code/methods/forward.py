@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..models.outputs import logits_of
+from ..names import ENV_COMPILE
 
 __all__ = ["ENV_COMPILE", "StaticForward", "evaluation_forward"]
 
@@ -29,7 +30,6 @@ __all__ = ["ENV_COMPILE", "StaticForward", "evaluation_forward"]
 #: ``1`` or ``true`` -> Inductor's default mode; anything else -> that mode or backend. The book's
 #: profile parameter ``compile_evaluation`` sets it for the notebooks' kernels
 #: (``-p compile_evaluation max-autotune``).
-ENV_COMPILE = "PAPER_CODE_COMPILE"
 
 #: Compiled forwards per model (weakly keyed: a freed model takes its graphs along), per mode.
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -347,8 +347,8 @@ def kernel_environment(compile_evaluation: bool | str | None = None) -> dict[str
 
     ``compile_evaluation`` (a profile parameter, e.g. ``-p compile_evaluation true``): the
     metrics' and Score-CAM's forward passes under ``torch.compile``
-    (:data:`paper_code.methods.forward.ENV_COMPILE`); for GPUs."""
-    from ..methods.forward import ENV_COMPILE
+    (:data:`paper_code.names.ENV_COMPILE`); for GPUs."""
+    from ..names import ENV_COMPILE
 
     env = {BOOK_RUN_ENV: "1"}
     if compile_evaluation is not None:
