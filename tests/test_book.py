@@ -333,6 +333,37 @@ def test_reproduce_prints_site_path_times_and_no_kernel_warning(
     assert "colab.research.google.com" not in page  # no launch button for a non-GitHub setting
 
 
+@pytest.mark.slow
+def test_reproduce_only_into_a_fresh_folder_still_builds(tmp_path: Path, capsys) -> None:
+    """``reproduce --only a`` into a new folder: page b never ran, so its glued number is missing;
+    the site is still built (warnings allowed) and the note names the empty page."""
+    root = tmp_path / "bookroot"
+    (root / "book").mkdir(parents=True)
+    (root / "_config.yml").write_text((REPO_ROOT / "_config.yml").read_text())
+    shutil.copytree(REPO_ROOT / "book" / "_static", root / "book" / "_static")
+    (root / "_toc.yml").write_text(
+        "format: jb-book\nroot: book/intro\nchapters:\n  - file: book/a\n  - file: book/b\n"
+    )
+    (root / "book" / "intro.md").write_text("# Intro\n")
+    cell = "```{{code-cell}} ipython3\n{}\n```\n"
+    params = cell.format(":tags: [parameters]\n\nprofile = 'x'\noutput_dir = '.'")
+    for name in ("a", "b"):
+        glue = cell.format(f"from myst_nb import glue\nglue('{name}_n', 7)")
+        text = f"\nThe number is {{glue:text}}`{name}_n`.\n"
+        (root / "book" / f"{name}.md").write_text(
+            _NB_HEADER + f"# {name}\n\n" + params + glue + text
+        )
+    out = tmp_path / "o"
+    profile = {"name": "t", "parameters": {}, "notebooks": {}}
+    status = reproduce_fn(profile, out=out, only=["a"], book_root=root, progress=False)
+    captured = capsys.readouterr()
+    assert status == 0, captured.err[-3000:]
+    assert "1 page(s) never ran" in captured.out and ": b (run them" in captured.out
+    assert (out / "_build" / "html" / "book" / "b.html").exists()
+    page = (out / "_build" / "html" / "book" / "a.html").read_text()
+    assert re.search(r"The number is <span[^>]*>7</span>", page)  # a ran: its number is there
+
+
 _NO_TORCH = """
 import sys
 from pathlib import Path
