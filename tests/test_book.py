@@ -250,27 +250,34 @@ _NB_HEADER = (
     "---\njupytext:\n  text_representation:\n    extension: .md\n    format_name: myst\n"
     "kernelspec:\n  display_name: Python 3\n  language: python\n  name: python3\n---\n\n"
 )
+_CELL = "```{{code-cell}} ipython3\n{}\n```\n"
+_PARAMS = _CELL.format(":tags: [parameters]\n\nprofile = 'x'\noutput_dir = '.'")
+
+
+def _mini_book(
+    tmp_path: Path, pages: dict[str, str], intro: str = "# Intro\n", static: bool = False
+) -> Path:
+    """A book root (the project's ``_config.yml``, an intro page) with one notebook page per entry
+    of ``pages`` (name -> what follows its parameters cell), listed in that order."""
+    root = tmp_path / "bookroot"
+    (root / "book").mkdir(parents=True)
+    (root / "_config.yml").write_text((REPO_ROOT / "_config.yml").read_text())
+    if static:
+        shutil.copytree(REPO_ROOT / "book" / "_static", root / "book" / "_static")
+    chapters = "".join(f"  - file: book/{n}\n" for n in pages)
+    (root / "_toc.yml").write_text(f"format: jb-book\nroot: book/intro\nchapters:\n{chapters}")
+    (root / "book" / "intro.md").write_text(intro)
+    for name, body in pages.items():
+        (root / "book" / f"{name}.md").write_text(_NB_HEADER + f"# {name}\n\n" + _PARAMS + body)
+    return root
 
 
 @pytest.mark.slow
 def test_reproduce_reports_failures_and_still_builds(tmp_path: Path, capsys) -> None:
     """One failing notebook: the other still runs, the site is built, the failure is named with
     its cell error, and the status is non-zero."""
-    root = tmp_path / "bookroot"
-    (root / "book").mkdir(parents=True)
-    (root / "_config.yml").write_text((REPO_ROOT / "_config.yml").read_text())
-    (root / "_toc.yml").write_text(
-        "format: jb-book\nroot: book/intro\nchapters:\n  - file: book/good\n  - file: book/bad\n"
-    )
-    (root / "book" / "intro.md").write_text("# Intro\n\nMath: $x^2$.\n")
-    cell = "```{{code-cell}} ipython3\n{}\n```\n"
-    params = cell.format(":tags: [parameters]\n\nprofile = 'x'\noutput_dir = '.'")
-    (root / "book" / "good.md").write_text(
-        _NB_HEADER + "# Good\n\n" + params + cell.format("1 + 1")
-    )
-    (root / "book" / "bad.md").write_text(
-        _NB_HEADER + "# Bad\n\n" + params + cell.format("raise ValueError('boom')")
-    )
+    pages = {"good": _CELL.format("1 + 1"), "bad": _CELL.format("raise ValueError('boom')")}
+    root = _mini_book(tmp_path, pages, intro="# Intro\n\nMath: $x^2$.\n")
     profile = {"name": "t", "parameters": {"output_dir": str(tmp_path / "o")}, "notebooks": {}}
     status = reproduce_fn(profile, out=tmp_path / "o", book_root=root, progress=False)
     assert status == 1
@@ -292,19 +299,8 @@ def test_reproduce_prints_site_path_times_and_no_kernel_warning(
     run's times in the output folder); the kernel's TCP warning does not reach the terminal; and
     the book builds with -W (no broken link) for a repository setting that is not on GitHub."""
     monkeypatch.setenv(ENV_REPOSITORY, str(tmp_path / "some-local-clone"))
-    root = tmp_path / "bookroot"
-    (root / "book").mkdir(parents=True)
-    (root / "_config.yml").write_text((REPO_ROOT / "_config.yml").read_text())
-    shutil.copytree(REPO_ROOT / "book" / "_static", root / "book" / "_static")
-    (root / "_toc.yml").write_text(
-        "format: jb-book\nroot: book/intro\nchapters:\n  - file: book/a\n  - file: book/b\n"
-    )
-    (root / "book" / "intro.md").write_text("# Intro\n")
-    cell = "```{{code-cell}} ipython3\n{}\n```\n"
-    params = cell.format(":tags: [parameters]\n\nprofile = 'x'\noutput_dir = '.'")
-    body = cell.format("import os\nprint('book run:', os.environ.get('PAPER_CODE_BOOK_RUN'))")
-    for name in ("a", "b"):
-        (root / "book" / f"{name}.md").write_text(_NB_HEADER + f"# {name}\n\n" + params + body)
+    body = _CELL.format("import os\nprint('book run:', os.environ.get('PAPER_CODE_BOOK_RUN'))")
+    root = _mini_book(tmp_path, {"a": body, "b": body}, static=True)
     out = tmp_path / "o"
     out.mkdir()
     (out / TIMINGS_FILE).write_text(json.dumps({"seconds": {"a": 30.0, "b": 90.0}}))
@@ -337,22 +333,12 @@ def test_reproduce_prints_site_path_times_and_no_kernel_warning(
 def test_reproduce_only_into_a_fresh_folder_still_builds(tmp_path: Path, capsys) -> None:
     """``reproduce --only a`` into a new folder: page b never ran, so its glued number is missing;
     the site is still built (warnings allowed) and the note names the empty page."""
-    root = tmp_path / "bookroot"
-    (root / "book").mkdir(parents=True)
-    (root / "_config.yml").write_text((REPO_ROOT / "_config.yml").read_text())
-    shutil.copytree(REPO_ROOT / "book" / "_static", root / "book" / "_static")
-    (root / "_toc.yml").write_text(
-        "format: jb-book\nroot: book/intro\nchapters:\n  - file: book/a\n  - file: book/b\n"
-    )
-    (root / "book" / "intro.md").write_text("# Intro\n")
-    cell = "```{{code-cell}} ipython3\n{}\n```\n"
-    params = cell.format(":tags: [parameters]\n\nprofile = 'x'\noutput_dir = '.'")
-    for name in ("a", "b"):
-        glue = cell.format(f"from myst_nb import glue\nglue('{name}_n', 7)")
-        text = f"\nThe number is {{glue:text}}`{name}_n`.\n"
-        (root / "book" / f"{name}.md").write_text(
-            _NB_HEADER + f"# {name}\n\n" + params + glue + text
-        )
+    pages = {
+        name: _CELL.format(f"from myst_nb import glue\nglue('{name}_n', 7)")
+        + f"\nThe number is {{glue:text}}`{name}_n`.\n"
+        for name in ("a", "b")
+    }
+    root = _mini_book(tmp_path, pages, static=True)
     out = tmp_path / "o"
     profile = {"name": "t", "parameters": {}, "notebooks": {}}
     status = reproduce_fn(profile, out=out, only=["a"], book_root=root, progress=False)
@@ -389,18 +375,8 @@ def test_reproduce_orchestrator_never_imports_torch(tmp_path: Path) -> None:
     """``reproduce`` only starts kernels and builds the site: importing torch there would add about
     0.75 GB to every run's peak memory (seen: sample's peak went from 1.76 to 2.49 GB when the
     compile setting's name was imported from the torch side). The notebook itself uses torch."""
-    root = tmp_path / "bookroot"
-    (root / "book").mkdir(parents=True)
-    (root / "_config.yml").write_text((REPO_ROOT / "_config.yml").read_text())
-    shutil.copytree(REPO_ROOT / "book" / "_static", root / "book" / "_static")
-    (root / "_toc.yml").write_text(
-        "format: jb-book\nroot: book/intro\nchapters:\n  - file: book/a\n"
-    )
-    (root / "book" / "intro.md").write_text("# Intro\n")
-    cell = "```{{code-cell}} ipython3\n{}\n```\n"
-    params = cell.format(":tags: [parameters]\n\nprofile = 'x'\noutput_dir = '.'")
-    body = cell.format("import os, torch\nprint('compile:', os.environ.get('PAPER_CODE_COMPILE'))")
-    (root / "book" / "a.md").write_text(_NB_HEADER + "# a\n\n" + params + body)
+    body = _CELL.format("import os, torch\nprint('compile:', os.environ.get('PAPER_CODE_COMPILE'))")
+    root = _mini_book(tmp_path, {"a": body}, static=True)
     script = tmp_path / "no_torch.py"
     script.write_text(_NO_TORCH)
     run = subprocess.run([sys.executable, str(script), str(root), str(tmp_path / "o")],
@@ -420,28 +396,15 @@ def test_reproduce_jobs_runs_notebooks_at_once(tmp_path: Path, capsys) -> None:
     one-at-a-time run (here: every notebook executed once)."""
     from paper_code.reproduce.notebooks import job_environment
 
-    root = tmp_path / "bookroot"
-    (root / "book").mkdir(parents=True)
-    (root / "_config.yml").write_text((REPO_ROOT / "_config.yml").read_text())
     names = ("a", "b", "c")
-    (root / "_toc.yml").write_text(
-        "format: jb-book\nroot: book/intro\nchapters:\n"
-        + "".join(f"  - file: book/{n}\n" for n in (*names, "bad"))
-    )
-    (root / "book" / "intro.md").write_text("# Intro\n")
-    cell = "```{{code-cell}} ipython3\n{}\n```\n"
-    params = cell.format(":tags: [parameters]\n\nprofile = 'x'\noutput_dir = '.'")
-    body = cell.format(
+    body = _CELL.format(
         "import json, os, sys, time\nimport paper_code, torch\n"
         "t0 = time.time(); time.sleep(4)\n"
         "print('marker', json.dumps({'start': t0, 'end': time.time(), "
         "'threads': torch.get_num_threads(), 'code': paper_code.__file__}))"
     )
-    for name in names:
-        (root / "book" / f"{name}.md").write_text(_NB_HEADER + f"# {name}\n\n" + params + body)
-    (root / "book" / "bad.md").write_text(
-        _NB_HEADER + "# Bad\n\n" + params + cell.format("raise ValueError('boom')")
-    )
+    pages = {**dict.fromkeys(names, body), "bad": _CELL.format("raise ValueError('boom')")}
+    root = _mini_book(tmp_path, pages)
     out = tmp_path / "o"
     profile = {"name": "t", "parameters": {}, "notebooks": {}}
     status = reproduce_fn(profile, out=out, book_root=root, build=False, jobs=2, progress=False)

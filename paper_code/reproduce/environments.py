@@ -80,6 +80,10 @@ def _clean_env(**extra: str) -> dict[str, str]:
         if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "PAPER_CODE_BOOK_RUN")
         and not k.startswith(("JUPYTER_", "PYTEST_"))
     }
+    # No bytecode compilation at install time (torch alone has thousands of modules: tens of
+    # seconds on a small machine); Python compiles what it imports on first use instead. What is
+    # installed, and whether it works, is unchanged. A caller's PIP_COMPILE wins.
+    env.setdefault("PIP_COMPILE", "0")
     env.update(extra)
     return env
 
