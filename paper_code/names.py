@@ -11,8 +11,9 @@ MODELS = (
     "vit_tiny",
 )
 
-#: Environment variable that turns on ``torch.compile`` for the evaluation forwards
-#: (:func:`paper_code.methods.forward.evaluation_forward`); set for notebook kernels by
-#: ``reproduce`` from the profile's ``compile_evaluation``. Here so that the orchestrator, which
-#: only starts kernels, never imports torch.
+#: Environment variable read by :func:`paper_code.methods.forward.evaluation_forward` when
+#: ``compile`` is ``None``: unset, ``""``, ``0`` or ``false`` -> eager; ``1`` or ``true`` ->
+#: Inductor's default mode; anything else -> that mode or backend. ``reproduce`` sets it for the
+#: notebooks' kernels from the profile parameter ``compile_evaluation`` (``-p compile_evaluation
+#: max-autotune``). Here, not in ``methods.forward``, so that the orchestrator never imports torch.
 ENV_COMPILE = "PAPER_CODE_COMPILE"

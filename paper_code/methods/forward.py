@@ -26,11 +26,6 @@ from ..names import ENV_COMPILE
 
 __all__ = ["ENV_COMPILE", "StaticForward", "evaluation_forward"]
 
-#: Environment variable read when ``compile`` is ``None``: unset, ``""``, ``0`` or ``false`` -> eager;
-#: ``1`` or ``true`` -> Inductor's default mode; anything else -> that mode or backend. The book's
-#: profile parameter ``compile_evaluation`` sets it for the notebooks' kernels
-#: (``-p compile_evaluation max-autotune``).
-
 #: Compiled forwards per model (weakly keyed: a freed model takes its graphs along), per mode.
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 

@@ -694,7 +694,7 @@ class RunTimes:
         rest = {n: max(float(estimates[n] or 0.0) - elapsed.get(n, 0.0), 0.0) for n in left}
         if self.slots == 1:
             return sum(rest.values())
-        serial = rest.pop(self.alone, 0.0) if self.alone in rest else 0.0
+        serial = rest.pop(self.alone, 0.0)  # (None or finished: nothing to run alone)
         slots = sorted(rest.pop(n) for n in list(rest) if n in elapsed)  # already running
         slots += [0.0] * max(self.slots - len(slots), 0)
         for n in left:  # the others start in order, each on the first slot to free
