@@ -1,4 +1,4 @@
-"""Command line: ``python -m paper_code {explain,run,reproduce,list}``."""
+"""Command line: ``python -m paper_code {explain,run,reproduce,rehearse,finetune,urls,list}``."""
 
 from __future__ import annotations
 
@@ -146,6 +146,19 @@ def cmd_reproduce(args: argparse.Namespace, argv: list[str] | None = None) -> in
     )
 
 
+def cmd_rehearse(args: argparse.Namespace) -> int:
+    from .reproduce.rehearsal import rehearse
+
+    return rehearse(
+        out=args.out,
+        root=args.root,
+        parameters=_params(args.param),
+        only=args.only,
+        build=not args.no_build,
+        jobs=args.jobs,
+    )
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     from .finetune import FinetuneConfig, finetune
 
@@ -235,6 +248,24 @@ def build_parser() -> argparse.ArgumentParser:
         "(their output goes to <out>/logs/); for many-core CPUs",
     )
     p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser(
+        "rehearse",
+        help="every page of the GPU profiles on ResNet50, VGG16-BN, ViT-B and DeiT-B with random "
+        "weights, on a synthetic ILSVRC2012 folder or yours: check the path before the GPU hours",
+        description="Writes random weights files of the four networks and (without --root) a "
+        "synthetic folder in the ILSVRC2012 layout, then runs the 'rehearsal' profile (2 images, "
+        "2 Opti-CAM iterations, CPU) and builds its site. The numbers mean nothing.",
+    )
+    p.add_argument(
+        "--root", default=None, help="your ILSVRC2012 val folder (default: a synthetic one)"
+    )
+    p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"))
+    p.add_argument("--out", default=None, help="output folder (default: _build/reproduce/rehearsal)")
+    p.add_argument("--only", nargs="+", default=None, help="only these notebooks")
+    p.add_argument("--no-build", action="store_true", help="execute only; skip jupyter-book build")
+    p.add_argument("--jobs", type=int, default=1, help="notebooks at once (see reproduce)")
+    p.set_defaults(func=cmd_rehearse)
 
     p = sub.add_parser(
         "finetune",

@@ -27,3 +27,32 @@ def smoke_book(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # about 280 s one at a time); it also runs ``--jobs`` on the real book in every CI run.
     reproduce("smoke", out=out, progress=False, jobs=2)
     return out
+
+
+@pytest.fixture(scope="session")
+def rehearsal_book(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ``rehearsal`` profile run once for the suite (``python -m paper_code rehearse``): every
+    page of the GPU profiles on ResNet50, VGG16-BN, ViT-B/16 and DeiT-B/16 with random weights
+    written to files, on a synthetic ILSVRC2012 folder. The torch and Hugging Face caches point at
+    empty folders and the hub is offline, so a page that tried to download weights instead of
+    using the files would fail. ``PAPER_CODE_REHEARSAL_BOOK`` points at an existing run instead."""
+    prebuilt = os.environ.get("PAPER_CODE_REHEARSAL_BOOK")
+    if prebuilt:
+        return Path(prebuilt)
+    from paper_code.reproduce.rehearsal import rehearse
+
+    out = tmp_path_factory.mktemp("rehearsal-book")
+    empty = out / "empty-caches"  # tests/test_rehearsal.py checks that nothing was written here
+    env = {"TORCH_HOME": str(empty / "torch"), "HF_HOME": str(empty / "hf"),
+           "HF_HUB_OFFLINE": "1"}  # fmt: skip
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        rehearse(out=out, progress=False, jobs=2)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return out

@@ -1,5 +1,7 @@
-"""Numbers of the book that must hold whatever the data: checked on the rows the `smoke` run of the
-whole book wrote (the session fixture ``smoke_book`` in conftest.py runs it once for the suite).
+"""Numbers of the book that must hold whatever the data and the network: checked on the rows the
+`smoke` run of the whole book wrote and, for the checks that hold for any network, trained or not,
+on those of the `rehearsal` (the paper's four networks with random weights); the session fixtures
+``smoke_book`` and ``rehearsal_book`` in conftest.py run each once for the suite.
 
 These are sanity checks of the protocol, not of the paper's claims: Fake-CAM masks one pixel, so its
 AD is ~0 and every pixel but one ties for the maximum (SP = 100); insertion starts from a blurred
@@ -21,6 +23,14 @@ from paper_code.reproduce.paper import paper_table
 
 pytestmark = pytest.mark.slow
 
+#: Both runs of the whole book: the checks that hold for any network take this as their book.
+BOOKS = ["smoke_book", "rehearsal_book"]
+
+
+@pytest.fixture(params=BOOKS)
+def any_book(request: pytest.FixtureRequest) -> Path:
+    return request.getfixturevalue(request.param)
+
 
 def _rows(out: Path, name: str) -> pd.DataFrame:
     path = out / f"{name}_rows.csv"
@@ -34,16 +44,16 @@ def _summary(out: Path, name: str) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
-def test_fakecam_average_drop_is_zero(smoke_book: Path) -> None:
-    rows = _rows(smoke_book, "table1")
+def test_fakecam_average_drop_is_zero(any_book: Path) -> None:
+    rows = _rows(any_book, "table1")
     fake = rows[rows["method"] == "fakecam"]
     assert len(fake) >= 2
     assert fake["AD"].abs().max() < 0.5  # one black pixel out of 50,176
     assert fake["AG"].max() < 0.5
 
 
-def test_fakecam_pointing_game_is_perfect(smoke_book: Path) -> None:
-    rows = _rows(smoke_book, "tableA7")
+def test_fakecam_pointing_game_is_perfect(any_book: Path) -> None:
+    rows = _rows(any_book, "tableA7")
     fake = rows[(rows["method"] == "fakecam") & (rows["valid"] > 0)]
     assert len(fake) >= 1
     assert (fake["SP"] == 100).all()
@@ -72,13 +82,15 @@ def test_opticam_raises_the_masked_logit(smoke_book: Path) -> None:
         ("table3", ["I", "D"]),
         ("table4", ["AOPC", "ADCC"]),
         ("tableA7", ["OM", "LE", "F1", "BoxAcc", "SP", "EP", "SM"]),
+        ("table2", ["AD", "AG", "AI"]),
+        ("tableA8", ["OM", "LE", "F1", "BoxAcc", "SP", "EP", "SM"]),
     ],
 )
 def test_tables_complete_where_the_paper_has_values(
-    smoke_book: Path, name: str, metrics: list[str]
+    any_book: Path, name: str, metrics: list[str]
 ) -> None:
     """Every method that ran has a finite value for every metric the paper reports for it."""
-    summary = _summary(smoke_book, name)
+    summary = _summary(any_book, name)
     paper = paper_table(name)
     reported = set(zip(paper.dropna(subset=["value"])["method"], paper["metric"]))
     assert set(summary["method"]) <= set(PAPER_NAMES.values()) | {"S := B", "S := I∖B"}
@@ -91,8 +103,8 @@ def test_tables_complete_where_the_paper_has_values(
     assert not missing, f"{name}: no value for {missing}"
 
 
-def test_intervals_bracket_the_means(smoke_book: Path) -> None:
-    summary = _summary(smoke_book, "table1")
+def test_intervals_bracket_the_means(any_book: Path) -> None:
+    summary = _summary(any_book, "table1")
     for m in ("AD", "AG", "AI"):
         ok = (summary[f"{m}_lo"] <= summary[m] + 1e-9) & (summary[m] <= summary[f"{m}_hi"] + 1e-9)
         assert ok.all(), summary[[m, f"{m}_lo", f"{m}_hi"]]

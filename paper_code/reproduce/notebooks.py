@@ -51,8 +51,11 @@ __all__ = [
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BOOK_DIR = REPO_ROOT / "book"
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
-#: Parameters holding paths: made absolute (relative to the caller's cwd) before injection.
-PATH_PARAMETERS = ("root", "output_dir", "cache_dir")
+#: Parameters holding paths, or mappings of paths (per model or dataset): made absolute
+#: (relative to the caller's cwd) before injection.
+PATH_PARAMETERS = ("root", "output_dir", "cache_dir", "weights", "medical_root", "checkpoints")
+#: Values of path parameters that are keywords, not paths (``weights``: random initialization).
+PATH_KEYWORDS = ("random",)
 #: Profile parameters that set the kernel's process up (:func:`kernel_environment`) instead of
 #: being injected into the notebook.
 PROCESS_PARAMETERS = ("compile_evaluation",)
@@ -66,6 +69,7 @@ TIMINGS_FILE = "timings.json"
 #: Keys every profile must define under ``parameters``.
 REQUIRED_PARAMETERS = (
     "models",
+    "weights",
     "dataset",
     "root",
     "n_images",
@@ -241,13 +245,58 @@ def notebook_parameters(nb: Any) -> dict[str, Any]:
     return {}
 
 
+def _absolute_path(v: Any) -> Any:
+    if isinstance(v, str | os.PathLike) and v and not str(v).startswith("/path/to"):
+        if str(v) in PATH_KEYWORDS:
+            return str(v)
+        return str(Path(v).expanduser().resolve())
+    return v
+
+
 def _absolute(params: dict[str, Any]) -> dict[str, Any]:
+    """Path parameters made absolute (a notebook's kernel runs in the output folder, so a path
+    relative to the caller's folder would point elsewhere there); in the per-model or
+    per-dataset mappings (``weights``, ``medical_root``, ``checkpoints``) every value."""
     out = dict(params)
     for k in PATH_PARAMETERS:
-        v = out.get(k)
-        if isinstance(v, str | os.PathLike) and v and not str(v).startswith("/path/to"):
-            out[k] = str(Path(v).expanduser().resolve())
+        if k not in out:
+            continue
+        v = out[k]
+        if isinstance(v, Mapping):
+            out[k] = {kk: _absolute_path(vv) for kk, vv in v.items()}
+        else:
+            out[k] = _absolute_path(v)
     return out
+
+
+def declared_parameters(sources: Sequence[str | os.PathLike[str]]) -> dict[str, set[str]]:
+    """The parameter names each notebook declares in its cell tagged ``parameters``, by name."""
+    import jupytext
+
+    out = {}
+    for src in sources:
+        src = _resolve_notebook(src)
+        nb = jupytext.read(src, fmt="md:myst" if src.suffix == ".md" else None)
+        out[src.stem] = set(notebook_parameters(nb))
+    return out
+
+
+def check_parameters(
+    parameters: Mapping[str, Any] | None, declared: Mapping[str, set[str]]
+) -> None:
+    """Refuse a parameter that no notebook of the run declares (a typo would otherwise run the
+    whole book with the default silently): one line naming it and the valid parameters.
+
+    A parameter declared by only some notebooks is valid; it reaches those notebooks only.
+    Process settings (:data:`PROCESS_PARAMETERS`) are valid everywhere."""
+    valid = set(PROCESS_PARAMETERS).union(*declared.values()) if declared else set()
+    unknown = sorted(set(parameters or {}) - valid)
+    if unknown:
+        pages = ", ".join(declared) if len(declared) <= 3 else f"the {len(declared)} notebooks"
+        raise ValueError(
+            f"unknown parameter(s) {', '.join(map(repr, unknown))}: declared by none of {pages} "
+            f"of this run; valid: {', '.join(sorted(valid))}"
+        )
 
 
 def run_notebook(
@@ -295,12 +344,9 @@ def run_notebook(
         params.update((k, v) for k, v in everything.items() if k in declared or not declared)
     process.update((k, v) for k, v in (parameters or {}).items() if k in PROCESS_PARAMETERS)
     parameters = {k: v for k, v in (parameters or {}).items() if k not in PROCESS_PARAMETERS}
-    for k, v in (parameters or {}).items():
-        if declared and k not in declared:
-            print(
-                f"warning: {name}: parameter {k!r} is not declared by the notebook", file=sys.stderr
-            )
-        params[k] = v
+    if declared:
+        check_parameters(parameters, {name: set(declared)})
+    params.update(parameters)
     params = _absolute(params)
     out_dir = Path(output_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -386,9 +432,16 @@ def resolve_run(
     parameters: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """The profile of a run with ``parameters`` applied, and its output folder: ``out`` overrides
-    the profile's ``output_dir`` (and its ``cache_dir``, unless ``parameters`` sets one)."""
+    the profile's ``output_dir`` (and its ``cache_dir``, unless ``parameters`` sets one).
+
+    ``parameters`` (the command line's ``-p``) win over the whole profile, its per-notebook
+    overrides included: ``-p id_step 224`` reaches Table 3 even where the profile sets its own."""
     prof = dict(profile) if isinstance(profile, Mapping) else load_profile(profile)
     prof["parameters"] = {**prof.get("parameters", {}), **(parameters or {})}
+    prof["notebooks"] = {
+        name: {k: v for k, v in (over or {}).items() if k not in (parameters or {})}
+        for name, over in (prof.get("notebooks") or {}).items()
+    }
     params = prof["parameters"]
     if out is not None:
         params["output_dir"] = str(out)
@@ -456,6 +509,8 @@ def reproduce(
     if unknown:
         raise ValueError(f"not in the table of contents: {sorted(unknown)}")
     todo = [(n, s) for n, s in notebooks if (not only or n in only) and execute]
+    if todo:  # a parameter no page of this run declares is a typo: refuse it before any work
+        check_parameters(parameters, declared_parameters([s for _, s in todo]))
     runs: list[NotebookRun] = []
     print(f"profile {prof.get('name')}: {len(todo)} notebook(s) -> {out_dir}", flush=True)
     try:

@@ -72,8 +72,12 @@ def provenance(
         hardware = torch.cuda.get_device_name(torch.device(device))
     else:
         hardware = f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
+    from ..models import loaded_weights
+
+    weights = loaded_weights()
     info: dict[str, Any] = {
         **extra,
+        **({"weights": weights} if weights and "weights" not in extra else {}),
         "device": device or "cpu",
         "hardware": hardware,
         "python": platform.python_version(),
@@ -90,7 +94,13 @@ def provenance(
 
 def format_provenance(info: Mapping[str, Any]) -> str:
     """One line for a caption: ``key: value; ...``."""
-    return "; ".join(f"{k}: {v}" for k, v in info.items())
+
+    def text(v: Any) -> str:
+        if isinstance(v, Mapping):
+            return ", ".join(f"{kk} {vv}" for kk, vv in v.items())
+        return str(v)
+
+    return "; ".join(f"{k}: {text(v)}" for k, v in info.items())
 
 
 def compare_with_paper(
