@@ -70,7 +70,9 @@ def report(out: Path, images: int | None, profiles: list[str]) -> str:
     total = ["**total**", f"{sum(timings.values()):.1f}", ""] + [_hms(totals[p]) for p in profiles]
     lines.append("| " + " | ".join(total) + " |")
     return (
-        f"Rehearsal in {out}: {len(timings)} pages on {n} images each.\n\n" + "\n".join(lines) + "\n"
+        f"Rehearsal in {out}: {len(timings)} pages on {n} images each.\n\n"
+        + "\n".join(lines)
+        + "\n"
     )
 
 

@@ -261,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--root", default=None, help="your ILSVRC2012 val folder (default: a synthetic one)"
     )
     p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"))
-    p.add_argument("--out", default=None, help="output folder (default: _build/reproduce/rehearsal)")
+    p.add_argument(
+        "--out", default=None, help="output folder (default: _build/reproduce/rehearsal)"
+    )
     p.add_argument("--only", nargs="+", default=None, help="only these notebooks")
     p.add_argument("--no-build", action="store_true", help="execute only; skip jupyter-book build")
     p.add_argument("--jobs", type=int, default=1, help="notebooks at once (see reproduce)")

@@ -41,7 +41,9 @@ def test_every_page_runs_on_the_papers_networks(rehearsal_book: Path, page: str)
     executed = rehearsal_book / "notebooks" / f"{page}.ipynb"
     assert executed.exists(), f"{page} did not run (see {rehearsal_book / 'logs'})"
     nb = json.loads(executed.read_text())
-    errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    errors = [
+        o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"
+    ]
     assert not errors, f"{page}: {errors[0].get('ename')}: {errors[0].get('evalue')}"
     text = json.dumps(nb)
     assert "not computed here" not in text, f"{page}: a network was not available"
@@ -77,7 +79,9 @@ def test_weights_files_reach_every_page(rehearsal_book: Path, page: str) -> None
 def test_result_keys_name_the_weights_files(rehearsal_book: Path) -> None:
     keys = json.loads((rehearsal_book / "table1_configs.json").read_text())
     ids = {k["maps"]["model"]: k["maps"]["weights"] for k in keys.values()}
-    assert ids == {m: weights_identity(rehearsal_book / "weights" / REHEARSAL_MODELS[m]) for m in CNNS}
+    assert ids == {
+        m: weights_identity(rehearsal_book / "weights" / REHEARSAL_MODELS[m]) for m in CNNS
+    }
 
 
 def test_nothing_was_downloaded(rehearsal_book: Path) -> None:

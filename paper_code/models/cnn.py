@@ -482,9 +482,7 @@ def load_model(
     return model.to(device).eval()
 
 
-def save_random_weights(
-    name: str, path: str | os.PathLike[str], seed: int = 0
-) -> Path:
+def save_random_weights(name: str, path: str | os.PathLike[str], seed: int = 0) -> Path:
     """Write a random initialization of ``name`` as a weights file that ``load_model(name,
     weights=path)`` reads back (a ``.safetensors`` file for the transformers when ``path`` ends
     so, else a ``torch.save`` state dict): the published weights' format, for rehearsing a run
