@@ -22,6 +22,7 @@ from paper_code.reproduce.notebooks import (
     BOOK_DIR,
     PAPER_ORDER,
     REPO_ROOT,
+    REPRODUCTION_PAGES,
     REQUIRED_PARAMETERS,
     TIMINGS_FILE,
     NotebookError,
@@ -104,11 +105,13 @@ def test_every_page_is_in_toc() -> None:
 
 
 def test_toc_notebooks_in_paper_order() -> None:
-    order = list(PAPER_ORDER)
+    """The reproduction's pages first (the report right after the introduction), then the tables
+    and figures in the paper's order."""
+    order = list(REPRODUCTION_PAGES) + list(PAPER_ORDER)
     names = [p.stem for p in toc_notebooks()]
     assert set(names) <= set(order), f"unexpected notebooks {sorted(set(names) - set(order))}"
     assert names == [n for n in order if n in names], "notebooks are not in the paper's order"
-    assert toc_files()[:3] == ["book/intro", "book/reproduce", "book/deviations"]
+    assert toc_files()[:4] == ["book/intro", "book/report", "book/reproduce", "book/deviations"]
 
 
 def test_config() -> None:

@@ -349,6 +349,7 @@ def run_notebooks(
         declared_parameters,
         resolve_run,
         run_notebook,
+        run_order,
         toc_notebooks,
     )
 
@@ -356,6 +357,8 @@ def run_notebooks(
     executed = rank_dir(out_dir) / "notebooks"
     skip = set(prof.get("skip") or ())  # the profile's skipped pages, as in ``reproduce``
     todo = [s for s in toc_notebooks() if s.stem not in skip and (not only or s.stem in only)]
+    order = run_order([s.stem for s in todo])
+    todo.sort(key=lambda s: order.index(s.stem))
     unknown = set(only or ()) - {s.stem for s in todo}
     if unknown:
         raise ValueError(f"not in the table of contents: {sorted(unknown)}")

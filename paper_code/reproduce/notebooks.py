@@ -181,6 +181,23 @@ def is_notebook(path: Path) -> bool:
     return isinstance(header, dict) and "kernelspec" in header
 
 
+#: Pages that read what the others wrote, run after them in this order whatever their place in
+#: the table of contents: the protocol-sensitivity page reuses the tables' maps and rows, and the
+#: reproducibility report gathers every page's claim checks (and the sensitivity page's).
+RUN_LAST = ("sensitivity", "report")
+
+
+def run_order(names: Sequence[str]) -> list[str]:
+    """``names`` in the order a run executes them: the table of contents' order, with the pages of
+    :data:`RUN_LAST` moved to the end (in that order).
+
+    >>> run_order(["report", "table1", "sensitivity", "fig1"])
+    ['table1', 'fig1', 'sensitivity', 'report']
+    """
+    last = [n for n in RUN_LAST if n in names]
+    return [n for n in names if n not in RUN_LAST] + last
+
+
 def toc_notebooks(toc: str | os.PathLike[str] = REPO_ROOT / "_toc.yml") -> list[Path]:
     """Source of every notebook in the table of contents, in order (its name is ``.stem``)."""
     base = Path(toc).parent
@@ -509,6 +526,8 @@ def reproduce(
     if unknown:
         raise ValueError(f"not in the table of contents: {sorted(unknown)}")
     todo = [(n, s) for n, s in notebooks if (not only or n in only) and execute]
+    order = run_order([n for n, _ in todo])
+    todo.sort(key=lambda item: order.index(item[0]))
     if todo:  # a parameter no page of this run declares is a typo: refuse it before any work
         check_parameters(parameters, declared_parameters([s for _, s in todo]))
     runs: list[NotebookRun] = []
@@ -662,10 +681,14 @@ def _run_parallel(
 
     # The first notebook (Table 1) computes every method's maps, which the next pages reuse from the
     # cache: run in parallel with it, they would wait for its maps (the cache lock) while it runs
-    # with a fraction of the cores. So it runs alone, with all of them.
+    # with a fraction of the cores. So it runs alone, with all of them. The pages that read what
+    # all the others wrote (RUN_LAST) run after them, one at a time, with every core too.
     first = one(todo[0], envs[1])
+    middle = [item for item in todo[1:] if item[0] not in RUN_LAST]
+    last = [item for item in todo[1:] if item[0] in RUN_LAST]
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        return [first, *pool.map(lambda item: one(item, envs[jobs]), todo[1:])]
+        runs = [first, *pool.map(lambda item: one(item, envs[jobs]), middle)]
+    return runs + [one(item, envs[1]) for item in last]
 
 
 # --------------------------------------------------------------------------- time estimates
@@ -974,6 +997,10 @@ def build_site(
     return Path(output or src).resolve() / "_build" / "html"
 
 
+#: The pages of the book's first part, after the introduction, in this order: the report first
+#: (what a reader of a reproduction wants to know), then how to run it, the choices made, and how
+#: much the open protocol choices move the numbers.
+REPRODUCTION_PAGES = ("report", "reproduce", "deviations", "sensitivity")
 #: The table and figure notebooks in the paper's order (figA6 covers Figs. A.6 and A.7).
 PAPER_ORDER = (
     "table1", "table2", "table3", "table4", "table5", "table6", "tableA7", "tableA8", "tableA9",
@@ -1000,7 +1027,11 @@ def write_toc(book_root: str | os.PathLike[str] = REPO_ROOT) -> list[str]:
         "parts": [
             {
                 "caption": "The reproduction",
-                "chapters": [{"file": "book/reproduce"}, {"file": "book/deviations"}],
+                "chapters": [
+                    {"file": f"book/{n}"}
+                    for n in REPRODUCTION_PAGES
+                    if (book_root / "book" / f"{n}.md").exists()
+                ],
             },
             {"caption": "Tables and figures", "chapters": [{"file": f"book/{n}"} for n in names]},
         ],

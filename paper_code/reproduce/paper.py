@@ -53,6 +53,22 @@ def _git(*args: str) -> str:
         return ""
 
 
+def paper_label(name: str) -> str:
+    """The paper's label of a page: ``table1`` -> ``Table 1``, ``tableA12`` -> ``Table A.12``,
+    ``figA4`` -> ``Fig. A.4`` (other names unchanged).
+
+    >>> [paper_label(n) for n in ("table1", "tableA12", "fig3", "figA6", "report")]
+    ['Table 1', 'Table A.12', 'Fig. 3', 'Fig. A.6', 'report']
+    """
+    import re
+
+    m = re.fullmatch(r"(table|fig)(A?)(\d+)", name)
+    if not m:
+        return name
+    kind = "Table" if m.group(1) == "table" else "Fig."
+    return f"{kind} {m.group(2) + '.' if m.group(2) else ''}{m.group(3)}"
+
+
 def provenance(
     start: float | None = None, device: str | None = None, **extra: Any
 ) -> dict[str, Any]:

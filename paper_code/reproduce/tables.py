@@ -35,7 +35,7 @@ from ..methods import METHODS, PAPER_NAMES, method_for_paper_name
 from ..metrics import METRICS, classification
 from . import distributed as _dist
 from . import experiments as ex
-from .paper import PAPER_NETWORK, paper_table
+from .paper import PAPER_NETWORK, paper_label, paper_table
 from .results import ResultTable
 
 # tqdm's notebook bar warns once per kernel when ipywidgets is missing (papermill kernels): harmless.
@@ -373,6 +373,8 @@ class TableRun:
         model_name: str,
         table: str | None = None,
         dataset: str | None = None,
+        record: bool = True,
+        variant: str = "",
     ) -> pd.DataFrame:
         """The paper's Opti-CAM claims of this table, checked on our rows with paired intervals.
 
@@ -381,14 +383,17 @@ class TableRun:
         baseline is chosen on *our* means; the verdict is from the paired bootstrap interval of the
         difference (``holds`` only when it excludes zero in the claimed direction). ``dataset``
         selects the paper's rows of one dataset (its ``dataset`` column) in a table with several.
+        ``record``: keep them for the reproducibility report (:meth:`record_claims`); off for
+        checks under other protocol choices (the sensitivity page). ``variant``: the rows (ours and
+        the paper's) of one variant of the table (Table A.14: ``no_input_normalization``).
         """
         from ..metrics.uncertainty import verdict
 
         ref = paper_table(table or self.name)
-        ref = ref[(ref["network"] == paper_network(model_name)) & (ref["variant"] == "")]
+        ref = ref[(ref["network"] == paper_network(model_name)) & (ref["variant"] == variant)]
         if dataset is not None:
             ref = ref[ref["dataset"] == dataset]
-        mine = per_image[(per_image["model"] == model_name) & (per_image["variant"] == "")]
+        mine = per_image[(per_image["model"] == model_name) & (per_image["variant"] == variant)]
         out = []
         for m, info, sign in self._checkable(mine):
             paper_m = ref[ref["metric"] == m].dropna(subset=["value"])
@@ -406,13 +411,22 @@ class TableRun:
                 continue
             best = baselines.idxmax()
             d, lo, hi = self.paired(mine, m, {"method": "opticam"}, {"method": best})
+            if variant:
+                claim_of = f" ({variant.replace('_', ' ')})"
+            else:
+                claim_of = ""
+            paper_value = paper_m.set_index("method")["value"]
             if opti_best_in_paper:
                 claim = f"Opti-CAM {'higher' if sign > 0 else 'lower'} {m} than the best baseline"
+                claim += claim_of
                 v = verdict(lo, hi, info.direction)
             else:
-                claim = f"Opti-CAM is not the best on {m} (paper: {paper_best})"
+                claim = f"Opti-CAM is not the best on {m} (paper: {paper_best}){claim_of}"
                 # The claim holds when the best baseline beats Opti-CAM.
                 v = verdict(-hi, -lo, info.direction)
+            evidence = f"Opti-CAM {_paper_value(paper_value['Opti-CAM'])}"
+            if paper_best is not None:
+                evidence += f", {paper_best} {_paper_value(paper_value[paper_best])}"
             out.append(
                 {
                     "metric": m,
@@ -422,9 +436,11 @@ class TableRun:
                     "low": lo,
                     "high": hi,
                     "verdict": v,
+                    "paper": f"{evidence} ({ref['network'].iloc[0]})",
                 }
             )
-        return pd.DataFrame(out)
+        out = pd.DataFrame(out)
+        return self.record_claims(out, model_name, table) if record else out
 
     def variant_claims(
         self,
@@ -433,6 +449,7 @@ class TableRun:
         reference: str,
         method: str = "opticam",
         table: str | None = None,
+        record: bool = True,
     ) -> pd.DataFrame:
         """The paper's orderings between ``method``'s variants (the study tables: objectives and
         normalizations, target classes), checked on our rows with paired intervals.
@@ -468,11 +485,73 @@ class TableRun:
                         f"{v} {word} {m} than {reference}",
                         verdict(-hi, -lo, info.direction),
                     )
+                evidence = (
+                    f"{reference} {_paper_value(paper_m[reference])}, "
+                    f"{v} {_paper_value(paper_m[v])} ({ref['network'].iloc[0]})"
+                )
                 out.append(
                     {"metric": m, "claim": claim, "baseline": v, "difference": d, "low": lo,
-                     "high": hi, "verdict": vd}
+                     "high": hi, "verdict": vd, "paper": evidence}
                 )  # fmt: skip
-        return pd.DataFrame(out)
+        out = pd.DataFrame(out)
+        return self.record_claims(out, model_name, table) if record else out
+
+    def pair_claims(
+        self,
+        per_image: pd.DataFrame,
+        model_name: str,
+        pairs: Sequence[Mapping[str, Any]],
+        table: str | None = None,
+        record: bool = True,
+    ) -> pd.DataFrame:
+        """Claims that one set of rows beats another, each checked with a paired interval.
+
+        Each pair: ``metric``; ``a`` and ``b``, the rows compared (column values, e.g.
+        ``{"method": "gradcam", "variant": ""}``; ``model`` is added); ``claim`` (the sentence: *a*
+        is better than *b* on ``metric``, in the metric's direction); ``paper``, the paper's
+        evidence; optionally ``baseline``, the label of *b*. For the pages whose claims are not
+        about Opti-CAM against the other methods (Tables 5, A.13 and A.14)."""
+        from ..metrics.uncertainty import verdict
+
+        out = []
+        for pair in pairs:
+            m = pair["metric"]
+            info = METRICS[m]
+            a = {"model": model_name, **pair["a"]}
+            b = {"model": model_name, **pair["b"]}
+            d, lo, hi = self.paired(per_image, m, a, b)
+            if math.isnan(d):
+                continue
+            out.append(
+                {"metric": m, "claim": pair["claim"], "baseline": pair.get("baseline", ""),
+                 "difference": d, "low": lo, "high": hi, "verdict": verdict(lo, hi, info.direction),
+                 "paper": pair.get("paper", "")}
+            )  # fmt: skip
+        out = pd.DataFrame(out)
+        return self.record_claims(out, model_name, table) if record else out
+
+    def record_claims(
+        self, claims: pd.DataFrame, model_name: str, table: str | None = None
+    ) -> pd.DataFrame:
+        """Add the page, table and network to ``claims`` and keep them in ``<name>_claims.csv``
+        (one row per network and claim, the newest check of each): what the reproducibility
+        report gathers from every page. Returns ``claims`` unchanged for the page's headline."""
+        if claims.empty:
+            return claims
+        rows = claims.assign(
+            page=self.name, table=paper_label(table or self.name), model=model_name
+        )
+        path = self.out / f"{self.name}_claims.csv"
+        if path.exists():
+            old = pd.read_csv(path)
+            keep = ~old.set_index(["model", "metric", "claim"]).index.isin(
+                rows.set_index(["model", "metric", "claim"]).index
+            )
+            rows = pd.concat([old[keep], rows], ignore_index=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        rows.to_csv(tmp, index=False)
+        os.replace(tmp, path)  # a reader never sees a half-written file
+        return claims
 
     # ------------------------------------------------------------------ display
     def comparable(self, model_name: str) -> bool:
@@ -605,7 +684,7 @@ def ranking_agreement(
 def headline(claims: pd.DataFrame, agreement: pd.DataFrame | None = None) -> str:
     """One generated sentence: which of the paper's claims hold on this run and which do not."""
     if claims is None or claims.empty:
-        return "No claim of the paper about Opti-CAM can be checked with the rows of this run."
+        return "No claim of the paper can be checked with the rows of this run."
     parts = []
     for v, word in (
         ("holds", "hold"),
@@ -616,7 +695,7 @@ def headline(claims: pd.DataFrame, agreement: pd.DataFrame | None = None) -> str
         if len(sel):
             parts.append(f"{word}: " + "; ".join(sel["claim"]))
     text = (
-        f"Of the paper's {len(claims)} claims about Opti-CAM checked here (paired 95% bootstrap "
+        f"Of the paper's {len(claims)} claims checked here (paired 95% bootstrap "
         "intervals over images), " + " — ".join(parts) + "."
     )
     if agreement is not None and not agreement.empty:
