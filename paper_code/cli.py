@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="every page of the GPU profiles on ResNet50, VGG16-BN, ViT-B and DeiT-B with random "
         "weights, on a synthetic ILSVRC2012 folder or yours: check the path before the GPU hours",
         description="Writes random weights files of the four networks and (without --root) a "
-        "synthetic folder in the ILSVRC2012 layout, then runs the 'rehearsal' profile (2 images, "
+        "synthetic folder in the ILSVRC2012 layout, then runs the 'rehearsal' profile (1 image, "
         "2 Opti-CAM iterations, CPU) and builds its site. The numbers mean nothing.",
     )
     p.add_argument(
