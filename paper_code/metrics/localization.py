@@ -112,6 +112,15 @@ def _stack_boxes(masks: np.ndarray) -> np.ndarray:
     return boxes
 
 
+#: How BoxAcc draws boxes around a thresholded map.
+BOX_RULES = ("largest_component", "every_contour")
+
+
+def _check_rule(box_rule: str) -> None:
+    if box_rule not in BOX_RULES:
+        raise ValueError(f"box_rule must be one of {BOX_RULES}, got {box_rule!r}")
+
+
 def _stack_contour_boxes(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Boxes of **every contour** of each mask of a stack ``[K, H, W]``, as OpenCV's
     ``findContours(RETR_TREE)`` + ``boundingRect`` would draw them, in one pass per kind of contour.
@@ -174,15 +183,6 @@ def threshold_boxes(
             bx, k = _stack_contour_boxes(stack)
             out.append((torch.from_numpy(bx), torch.from_numpy(k)))
     return out
-
-
-#: How BoxAcc draws boxes around a thresholded map.
-BOX_RULES = ("largest_component", "every_contour")
-
-
-def _check_rule(box_rule: str) -> None:
-    if box_rule not in BOX_RULES:
-        raise ValueError(f"box_rule must be one of {BOX_RULES}, got {box_rule!r}")
 
 
 def predicted_boxes(maps: torch.Tensor) -> torch.Tensor:
@@ -296,6 +296,7 @@ def localization(
     """
     if maps.dim() != 4 or maps.shape[1] != 1:
         raise ValueError(f"maps must be [B, 1, H, W], got {list(maps.shape)}")
+    _check_rule(box_rule)
     b, _, h, w = maps.shape
     gt = _as_boxes(boxes)
     if len(gt) != b:
@@ -345,7 +346,6 @@ def localization(
         sm = nan.clone()
 
     # BoxAcc hit tables (thresholds compared in the maps' own dtype: 0.4f > 0.4 is False).
-    _check_rule(box_rule)
     delta_t = torch.as_tensor(list(deltas), dtype=torch.float64)
     hits = torch.zeros(b, len(etas), len(delta_t), dtype=torch.bool)
     candidates = threshold_boxes(maps.detach().cpu()[valid], etas, box_rule)
