@@ -200,13 +200,14 @@ def test_tibav_formula_and_batch_invariance(model, images):
     for g, r in zip(trace.gradients, trace.relevances):
         c = (torch.eye(65) + (g * r).clamp(min=0).mean(1)) @ c
     want = c[:, 0, 1:].reshape(3, 1, 8, 8)
-    got = att.tibav_lowres(model, images, target)
+    # All blocks (start_layer 0); the default start_layer 1 is checked in test_protocol_options.py.
+    got = att.tibav_lowres(model, images, target, start_layer=0)
     torch.testing.assert_close(got, want)
     assert got.amin() >= 0 and got.amax() > 0
-    maps = explain("tibav", model, images, [1, 2, 3])
+    maps = explain("tibav", model, images, [1, 2, 3], start_layer=0)
     torch.testing.assert_close(maps, normalize_range(upsample(want, (64, 64))))
     for i in range(3):
-        alone = explain("tibav", model, images[i : i + 1], [1, 2, 3][i])
+        alone = explain("tibav", model, images[i : i + 1], [1, 2, 3][i], start_layer=0)
         torch.testing.assert_close(alone, maps[i : i + 1], rtol=0, atol=1e-5)
 
 

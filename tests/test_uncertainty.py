@@ -3,6 +3,7 @@ NaN handling, verdicts, DataFrame summaries and speed."""
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -24,6 +25,29 @@ def test_coverage_near_nominal():
     # Same with one seed per data set (rows are independent in both cases).
     per_seed = [M.bootstrap_ci(row, seed=s) for s, row in enumerate(data[:50])]
     assert 0.86 <= np.mean([c.low <= 1 <= c.high for c in per_seed]) <= 1.0
+
+
+def test_every_image_is_drawn_equally_often():
+    """Resampling draws each of the n images with probability 1/n: over R resamples every image is
+    drawn about R times in all (binomial, sd < sqrt(R)), the last one included (a draw from
+    ``integers(0, n - 1)`` would never pick it); and an interval around one outlying image's sample
+    contains the sample mean instead of collapsing to the other images' value."""
+    from paper_code.metrics.uncertainty import _counts
+
+    n, r = 20, 4000
+    counts = _counts(np.random.default_rng(0), n, r)
+    assert counts.shape == (r, n) and (counts.sum(1) == n).all()
+    per_image = counts.sum(0)  # ~ Binomial(n r, 1/n): mean r = 4000, sd = sqrt(r (1 - 1/n)) ~ 62
+    assert np.abs(per_image - r).max() < 6 * math.sqrt(r), per_image
+    values = np.zeros(n)
+    values[-1] = 1.0  # one outlying image, the last
+    ci = M.bootstrap_ci(values, resamples=2000, seed=3)
+    # P(the last image is missing from a resample) = (1 - 1/n)^n ~ 0.36, so the bootstrap means
+    # spread from 0 to a few n^-1 and the interval holds the sample mean 1/n = 0.05.
+    assert ci.mean == pytest.approx(0.05)
+    assert ci.low == 0.0 and ci.low < ci.mean < ci.high
+    boot = values @ counts.T / n  # the bootstrap means of this sample: centred on the sample mean
+    assert boot.mean() == pytest.approx(values.mean(), abs=6 * values.std() / math.sqrt(n * r))
 
 
 def test_paired_identical_methods_is_exactly_zero():

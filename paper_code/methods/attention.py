@@ -11,7 +11,8 @@ the :math:`\epsilon` guard: :func:`paper_code.methods.maps`), as for the CAMs.
 
 - **RawAtt**: :math:`\bar A_L[\mathrm{CLS}, P:]`, the last block's attention of the class token.
 - **Rollout** (Abnar & Zuidema, ACL 2020): :math:`\hat A_b = \mathrm{rownorm}(\tfrac12 \bar A_b + \tfrac12 I)`,
-  :math:`R = \hat A_L \cdots \hat A_{s+1}`, map :math:`R[\mathrm{CLS}, P:]`.
+  :math:`R = \hat A_L \cdots \hat A_{s+1}`, map :math:`R[\mathrm{CLS}, P:]`, with :math:`s` =
+  ``start_layer`` (default 1, :data:`START_LAYER`: Chefer et al.'s evaluation script).
 - **TIBAV** (Chefer, Gur & Wolf, CVPR 2021, "Transformer Interpretability Beyond Attention
   Visualization"): LRP relevance :math:`R_b` of each attention map combined with its gradient,
   :math:`\tilde A_b = I + \frac{1}{H}\sum_h (\nabla A_b^h \odot R_b^h)^+`,
@@ -26,6 +27,7 @@ mode), whose output is the post-softmax attention. RawAtt and Rollout do not dep
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -58,6 +60,11 @@ __all__ = [
 
 #: Stabilizer of the LRP divisions :math:`R / Z` (with the sign of :math:`Z`; 0 where :math:`Z = 0`).
 LRP_EPS = 1e-9
+
+#: First block (0-based) of the Rollout and TIBAV products by default: 1, as Chefer et al.'s
+#: evaluation script ``baselines/ViT/generate_visualizations.py`` (hila-chefer/Transformer-Explainability)
+#: passes to both (the generator functions' own default, and their demo notebook's, is 0).
+START_LAYER = 1
 
 
 # --------------------------------------------------------------------------- model access
@@ -208,9 +215,21 @@ def rollout_matrix(attentions: list[torch.Tensor], start_layer: int = 0) -> torc
     return joint
 
 
-def rollout_lowres(model: nn.Module, images: torch.Tensor, start_layer: int = 0) -> torch.Tensor:
+def _check_start_layer(start_layer: int, blocks: int) -> None:
+    ok = isinstance(start_layer, numbers.Integral) and not isinstance(start_layer, bool)
+    if not ok or not 0 <= start_layer < blocks:
+        raise ValueError(
+            f"start_layer must be an integer in [0, {blocks - 1}] ({blocks} blocks), got {start_layer!r}"
+        )
+
+
+def rollout_lowres(
+    model: nn.Module, images: torch.Tensor, start_layer: int = START_LAYER
+) -> torch.Tensor:
     r"""Rollout at patch resolution: :math:`R[\mathrm{CLS}, P:]` ``[B, 1, h, w]``."""
-    joint = rollout_matrix(attention_maps(model, images), start_layer)
+    attentions = attention_maps(model, images)
+    _check_start_layer(start_layer, len(attentions))
+    joint = rollout_matrix(attentions, int(start_layer))
     return _grid(joint[:, 0], num_prefix_tokens(model))
 
 
@@ -232,9 +251,9 @@ def rawatt(model, images, target=None, layer=None) -> torch.Tensor:
     kind="attention",
     needs_layer=False,
     families=("vit",),
-    defaults={"start_layer": 0},
+    defaults={"start_layer": START_LAYER},
 )
-def rollout(model, images, target=None, layer=None, start_layer: int = 0) -> torch.Tensor:
+def rollout(model, images, target=None, layer=None, start_layer: int = START_LAYER) -> torch.Tensor:
     r"""Attention rollout (Abnar & Zuidema, ACL 2020, "Quantifying attention flow in transformers").
 
     .. math:: \hat A_b = \frac{\tfrac12 \bar A_b + \tfrac12 I}{\mathrm{rowsum}}, \qquad
@@ -244,8 +263,13 @@ def rollout(model, images, target=None, layer=None, start_layer: int = 0) -> tor
     (residual identity, head mean, rows renormalized). Class-agnostic (``target`` is ignored).
 
     Options:
-        start_layer: first block :math:`s` (0-based) of the product; 0 (all blocks) as Chefer et
-            al.'s ``generate_rollout`` default.
+        start_layer: :math:`s`, the number of leading blocks left out of the product (0-based
+            index of its first block; 1-based blocks :math:`s+1, \dots, L` as in the formula;
+            :math:`s = 0`: all blocks). Default **1**: the paper takes
+            Rollout from Chefer et al.'s repository (hila-chefer/Transformer-Explainability), whose
+            evaluation script ``generate_visualizations.py`` calls ``generate_rollout(...,
+            start_layer=1)``; 0 is the function's own default (and their demo notebook's).
+            With 1 the first block's attention, which mixes raw patch embeddings, is left out.
     """
     return _finish(rollout_lowres(model, images, start_layer), images)
 
@@ -466,9 +490,11 @@ def lrp_trace(model: nn.Module, images: torch.Tensor, target: Target) -> LRPTrac
 
 
 def tibav_lowres(
-    model: nn.Module, images: torch.Tensor, target: Target, start_layer: int = 0
+    model: nn.Module, images: torch.Tensor, target: Target, start_layer: int = START_LAYER
 ) -> torch.Tensor:
     r"""TIBAV at patch resolution: :math:`C[\mathrm{CLS}, P:]` ``[B, 1, h, w]`` (see :func:`tibav`)."""
+    _check_start_layer(start_layer, len(attention_modules(_split(model)[0])))
+    start_layer = int(start_layer)
     with frozen(model):
         trace = lrp_trace(model, images, target)
     n = trace.attentions[0].shape[-1]
@@ -488,9 +514,9 @@ def tibav_lowres(
     kind="attention",
     needs_layer=False,
     families=("vit",),
-    defaults={"start_layer": 0},
+    defaults={"start_layer": START_LAYER},
 )
-def tibav(model, images, target, layer=None, start_layer: int = 0) -> torch.Tensor:
+def tibav(model, images, target, layer=None, start_layer: int = START_LAYER) -> torch.Tensor:
     r"""TIBAV (Chefer, Gur & Wolf, CVPR 2021, "Transformer Interpretability Beyond Attention Visualization").
 
     .. math:: \tilde A_b = I + \mathbb{E}_h\big[(\nabla A_b \odot R_b)^+\big], \qquad
@@ -507,6 +533,9 @@ def tibav(model, images, target, layer=None, start_layer: int = 0) -> torch.Tens
     Not the ICCV 2021 "Generic Attention-model Explainability" rule (gradient × attention, no LRP).
 
     Options:
-        start_layer: first block :math:`s` (0-based) of the product (0, as Chefer et al.'s default).
+        start_layer: :math:`s`, the number of leading blocks left out of the product (1-based
+            blocks :math:`s+1, \dots, L` in the formula). Default **1**, as Chefer et al.'s evaluation script
+            ``generate_visualizations.py`` passes to ``generate_LRP(..., method="transformer_attribution",
+            start_layer=1)``; 0 (all blocks) is that function's own default. See :func:`rollout`.
     """
     return _finish(tibav_lowres(model, images, target, start_layer), images)

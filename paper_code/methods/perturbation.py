@@ -343,7 +343,8 @@ class ExtremalResult:
     """Everything one Extremal Perturbation run produces.
 
     Attributes:
-        maps: ``[B, 1, H, W]`` in [0, 1]: the mean of the (smoothed) masks over the areas.
+        maps: ``[B, 1, H, W]`` in [0, 1]: :math:`\\frac{1}{|A|}\\sum_{a\\in A} m_a`, the (smoothed)
+            masks summed over the areas as TorchRay's benchmark does, divided by the number of areas.
         masks: ``[B, A, H, W]``: one mask per area, as TorchRay returns them.
         reward: ``[T, B, A]`` reward :math:`\\Phi` at each iteration.
         area_loss: ``[T, B, A]`` :math:`R_a` at each iteration (before the weight :math:`\\lambda`).
@@ -408,7 +409,23 @@ def optimize(
 
     As in TorchRay, the returned mask is the :math:`m` of the last iteration's forward pass (before
     its update), optionally blurred with :math:`\sigma = \mathrm{smooth} \cdot \min(H, W)` (zero
-    padding). ``maps`` is the mean over areas (TorchRay's benchmark sums them; the mean keeps [0, 1]).
+    padding; :func:`gaussian_blur`).
+
+    Several areas (``areas`` a list :math:`A`). TorchRay's benchmark (``torchray/benchmark``) runs
+    ``extremal_perturbation`` with ``areas=[0.025, 0.05, 0.1, 0.2]`` (VOC; ``[0.018, 0.025, 0.05,
+    0.1]`` on COCO) and ``smooth=0.09``, and **sums** the returned masks into one saliency map. The
+    sum lies in :math:`[0, |A|]`; this package's maps must lie in [0, 1] (they multiply the image in
+    AD/AG/AI), so ``maps`` is the sum divided by :math:`|A|`, its largest possible value:
+
+    .. math:: S = \frac{1}{|A|}\sum_{a \in A} m_a .
+
+    A constant factor: every rank-based metric (insertion/deletion, pointing, AOPC's order) sees the
+    benchmark's map exactly, and one area gives the mask itself. (Range normalization would instead
+    stretch each map to [0, 1] by its own min and max; with ``smooth > 0`` the masks' maxima drop
+    below 1, and the two differ by a per-image factor.) Each area's mask is a separate row of the
+    optimization, identical to a run with that area alone (up to float summation order in the
+    batched network); ``masks`` keeps them. The default stays one area, 0.1, and ``smooth=0``: the
+    function's defaults, since the Opti-CAM paper gives no Extremal Perturbation setting.
 
     Args:
         areas: target areas a, fractions of the *full* mask (image plus a ``sigma`` margin: 260² px
@@ -420,7 +437,8 @@ def optimize(
         jitter: flip the perturbed image horizontally on even iterations (TorchRay; deterministic).
         variant: ``preserve`` (default), ``delete`` or ``dual``.
         lr, momentum, regul_weight, regul_growth: TorchRay's hard-coded 0.01, 0.9, 300, 1.0035.
-        smooth: final blur of the masks, as a fraction of the image side (TorchRay default 0).
+        smooth: final blur of the masks, as a fraction of the image side (TorchRay default 0;
+            its benchmark 0.09).
         pad_value: constant the image is extended by when blurred (TorchRay: 0 in the model's input
             space; pass the ImageNet mean (0.485, 0.456, 0.406) to match TorchRay on a standardized
             input, whose zero is the mean colour).
@@ -433,6 +451,8 @@ def optimize(
         raise ValueError(f"unknown variant {variant!r}; valid choices: {', '.join(VARIANTS)}")
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
+    if smooth < 0:
+        raise ValueError(f"smooth must be >= 0, got {smooth}")
     if images.dim() != 4:
         raise ValueError(f"images must be [B, C, H, W], got shape {list(images.shape)}")
     b, _, h, w = images.shape
@@ -532,8 +552,11 @@ def extremal(
 ) -> torch.Tensor:
     r"""Extremal Perturbation maps ``[B, 1, H, W]`` in [0, 1] (Fong et al. 2019; TorchRay defaults).
 
-    The mean over ``areas`` of the optimized smooth masks (one area, 0.1, by default); see
-    :func:`optimize` for the algorithm and every option. ``layer`` is ignored (the method needs
+    :math:`S = \frac{1}{|A|}\sum_{a \in A} m_a`: the optimized smooth masks of the ``areas``
+    :math:`A` summed, as TorchRay's benchmark does, and divided by :math:`|A|` to lie in [0, 1]
+    (one area, 0.1, and ``smooth=0`` by default, the function's defaults; the benchmark's setting is
+    ``areas=[0.025, 0.05, 0.1, 0.2], smooth=0.09``); see :func:`optimize` for the algorithm and
+    every option. ``layer`` is ignored (the method needs
     none). ``batch_size`` splits the batch into chunks of that many images (same maps: rows are
     optimized independently).
     """

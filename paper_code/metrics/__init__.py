@@ -12,6 +12,11 @@ Conventions shared by every metric:
 * Forward passes run in chunks of ``batch_size`` images under ``torch.inference_mode``; ``progress=True``
   shows a tqdm bar (off by default).
 * :data:`METRICS` declares each metric's direction, unit and equation, Quantus-style.
+* Where the paper leaves an evaluation choice open, the metric takes a keyword option (a string,
+  JSON-able for result keys) whose values include the reference code's: insertion/deletion's
+  ``blur_kernel``, ``blur_padding``, ``substrate_space`` and ``tie_break``; AOPC's ``tie_break``;
+  ADCC's ``masking_space`` and ``constant_maps``; Max-Sensitivity's ``unperturbed_maps``;
+  BoxAcc's ``box_rule``. Each docstring gives both readings, the default and why.
 
 Localization metrics (Appendix B) live in :mod:`paper_code.metrics.localization` and the bootstrap
 intervals, paired comparisons, verdicts and run-to-run spread in :mod:`paper_code.metrics.uncertainty`;
@@ -22,14 +27,24 @@ from __future__ import annotations
 
 from .common import (
     METRICS,
+    SPACES,
     MetricInfo,
     class_probs,
     default_batch_size,
     mask_images,
     selectivity,
+    space_origin,
     summarize,
 )
-from .faithfulness import aopc, blur_substrate, classification, insertion_deletion, saliency_ranks
+from .faithfulness import (
+    aopc,
+    blur_substrate,
+    classification,
+    insertion_deletion,
+    rise_kernel1d,
+    saliency_ranks,
+    sampled_kernel1d,
+)
 from .localization import (
     box_accuracy,
     box_crop_probs,
@@ -39,6 +54,7 @@ from .localization import (
     localization,
     predicted_boxes,
     summarize_localization,
+    threshold_boxes,
 )
 from .robustness import adcc, max_sensitivity, uniform_perturbation
 from .uncertainty import (
@@ -55,6 +71,7 @@ __all__ = [
     "Interval",
     "METRICS",
     "MetricInfo",
+    "SPACES",
     "adcc",
     "aopc",
     "blur_substrate",
@@ -74,12 +91,16 @@ __all__ = [
     "paired_bootstrap_ci",
     "paired_summary",
     "predicted_boxes",
+    "rise_kernel1d",
     "run_spread",
     "saliency_ranks",
+    "sampled_kernel1d",
     "selectivity",
+    "space_origin",
     "summarize",
     "summarize_ci",
     "summarize_localization",
+    "threshold_boxes",
     "uniform_perturbation",
     "verdict",
 ]

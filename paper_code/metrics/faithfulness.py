@@ -1,17 +1,30 @@
-r"""Faithfulness metrics: AD (eq. 13), AI (eq. 14), AG (eq. 15), insertion / deletion and AOPC (SPEC §3.2-3.4)."""
+r"""Faithfulness metrics: AD (eq. 13), AI (eq. 14), AG (eq. 15) (Sections 4 and 5.3.1), insertion /
+deletion (Section 5.3.2) and AOPC (Section 5.3.3)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 
 from ..methods.forward import evaluation_forward
 from ..methods.hooks import channels_last
-from .common import _check, _chunks, _cl, _classes, _probs_of, default_batch_size
+from .common import (
+    SPACES,
+    _check,
+    _check_choice,
+    _chunks,
+    _cl,
+    _classes,
+    _probs_of,
+    default_batch_size,
+    space_origin,
+)
 
 # --------------------------------------------------------------------------- AD / AG / AI
 
@@ -73,24 +86,146 @@ def classification(
 # --------------------------------------------------------------------------- insertion / deletion
 
 
-def blur_substrate(images: torch.Tensor, kernel_size: int = 11, sigma: float = 5.0) -> torch.Tensor:
-    """Insertion start image: Gaussian blur (11×11, σ = 5 as in RISE), per channel, in [0, 1] space.
+#: Insertion blur kernels: RISE's ``gkern`` (default) or a sampled Gaussian (torchvision's).
+BLUR_KERNELS = ("rise", "sampled")
+#: How the blur extends the image: zeros of the working space (RISE) or reflection (torchvision).
+BLUR_PADDINGS = ("zeros", "reflect")
+#: Order of pixels (regions) of equal saliency: row-major, or the reference code's numpy sort.
+TIE_BREAKS = ("raster", "numpy")
 
-    torchvision's ``gaussian_blur``: a sampled Gaussian normalized to sum 1, separable, **reflect**
-    padding. Project choice: RISE blurs the *standardized* tensor with zero padding (i.e. mean-colour
-    borders); blurring [0, 1] pixels with zero padding would darken the borders, so we reflect instead.
+
+def rise_kernel1d(kernel_size: int = 11, sigma: float = 5.0, truncate: float = 4.0) -> torch.Tensor:
+    r"""The 1-D factor :math:`u` of RISE's insertion kernel ``gkern(klen, nsig)``, float64 ``[klen]``.
+
+    RISE ``evaluation.py`` (eclique/RISE) builds its kernel by filtering a ``klen``×``klen`` array
+    that is 0 but for a 1 at the centre :math:`c = \lfloor klen/2 \rfloor` with
+    ``scipy.ndimage.gaussian_filter(inp, nsig)``. That filter is separable and the delta is a product,
+    so the 2-D kernel is :math:`u u^\top` with :math:`u` the 1-D filter of a 1-D delta:
+
+    .. math::
+        u_i = \sum_{j=-R}^{R} w_j\, \mathbb 1[\rho(i + j) = c], \qquad
+        w_j = \frac{e^{-j^2/2\sigma^2}}{\sum_{|l|\le R} e^{-l^2/2\sigma^2}}, \qquad
+        R = \lfloor \mathrm{truncate}\cdot\sigma + \tfrac12 \rfloor,
+
+    where :math:`\rho` is scipy's default boundary mode ``"reflect"`` (half-sample symmetric,
+    period :math:`2n`, :math:`n` = ``klen``): :math:`\rho(p) = q` if :math:`q < n`, else
+    :math:`2n - 1 - q`, with :math:`q = p \bmod 2n`. With :math:`\sigma = 5` the window
+    (:math:`R = 20`) is far wider than the 11 taps, so the Gaussian's tails fold back into them: the
+    weights are 0.088-0.094, nearly a box filter, and they sum to 1. Computed here in float64 (no scipy
+    at run time); ``tests/test_protocol_options.py`` checks it against scipy to 1e-12.
     """
-    return gaussian_blur(images, [kernel_size, kernel_size], [sigma, sigma])
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be odd and >= 1, got {kernel_size}")
+    if sigma <= 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    n, c = int(kernel_size), int(kernel_size) // 2
+    radius = int(truncate * float(sigma) + 0.5)
+    j = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    w = torch.exp(-0.5 / (float(sigma) ** 2) * j**2)
+    w = w / w.sum()
+    q = (torch.arange(n)[:, None] + torch.arange(-radius, radius + 1)[None, :]) % (2 * n)
+    src = torch.where(q < n, q, 2 * n - 1 - q)
+    return (w[None, :] * (src == c)).sum(1)
 
 
-def saliency_ranks(maps: torch.Tensor) -> torch.Tensor:
-    """Rank of every pixel in decreasing-saliency order, ``[B, H*W]`` (0 = most salient).
+def sampled_kernel1d(kernel_size: int = 11, sigma: float = 5.0) -> torch.Tensor:
+    r"""A Gaussian sampled at the ``kernel_size`` integer offsets and normalized to sum 1 (torchvision's
+    ``gaussian_blur`` kernel), float64: :math:`u_i \propto e^{-i^2/2\sigma^2}`, :math:`|i| \le k/2`."""
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be odd and >= 1, got {kernel_size}")
+    if sigma <= 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    half = (kernel_size - 1) / 2
+    x = torch.linspace(-half, half, kernel_size, dtype=torch.float64)
+    pdf = torch.exp(-0.5 * (x / float(sigma)) ** 2)
+    return pdf / pdf.sum()
 
-    Ties are broken deterministically by raster index (stable sort): among equal values, the pixel that
-    comes first in row-major order is processed first.
+
+def blur_substrate(
+    images: torch.Tensor,
+    kernel_size: int = 11,
+    sigma: float = 5.0,
+    *,
+    kernel: str = "rise",
+    padding: str = "zeros",
+    pad_value: float | torch.Tensor = 0.0,
+) -> torch.Tensor:
+    r"""Insertion start image :math:`\tilde x = g * x`, per channel (11×11, :math:`\sigma = 5` as RISE).
+
+    The paper (Section 5.3.2) says "blurred" and gives no kernel; RISE's ``evaluation.py`` is the only
+    source, so its kernel is the default.
+
+    * ``kernel="rise"`` (default): :math:`g = u u^\top` with :math:`u` = :func:`rise_kernel1d`, RISE's
+      ``gkern(11, 5)``, a 2-D convolution with the kernel in the images' dtype (RISE casts it to
+      float32). It is close to an 11×11 box filter (1-D weights 0.088-0.094, 2-D 0.0077-0.0088).
+    * ``kernel="sampled"``: :math:`u` = :func:`sampled_kernel1d`, the truncated sampled Gaussian of
+      torchvision's ``gaussian_blur`` (1-D weights 0.066 at the ends to 0.109 at the centre):
+      a milder blur.
+
+    Padding (the image is extended by ``kernel_size // 2`` pixels):
+
+    * ``padding="zeros"`` (default): RISE's ``conv2d(x, kern, padding=klen // 2)``, zero padding *in the
+      working space*: :math:`\tilde x = g * (x - v) + v` with the constant extension 0, where
+      :math:`v` = ``pad_value`` (per channel) is the pixel value of that space's zero
+      (:func:`paper_code.metrics.common.space_origin`): black (:math:`v = 0`) in the [0, 1] pixel
+      space, the mean colour in the standardized space. Pixels within 5 px of the border are pulled
+      towards :math:`v` (darkened, in pixel space).
+    * ``padding="reflect"``: reflection without repeating the edge (torchvision's and this package's
+      choice before the option existed); no darkening, and :math:`v` plays no role.
+
+    The combination ``kernel="sampled", padding="reflect"`` is torchvision's ``gaussian_blur``
+    itself. What the choice changes: the start image of insertion, hence the first points of the
+    insertion curve (the class probability of the fully blurred image) and the insertion score;
+    the RISE kernel removes more detail, while zero padding adds dark (or grey) borders, so the sign
+    of the change depends on the image (the protocol-choices page of the book gives measured
+    values). Deletion does not use the blur.
     """
+    _check_choice("kernel", kernel, BLUR_KERNELS)
+    _check_choice("padding", padding, BLUR_PADDINGS)
+    if kernel == "sampled" and padding == "reflect":
+        return gaussian_blur(images, [kernel_size, kernel_size], [sigma, sigma])
+    make = rise_kernel1d if kernel == "rise" else sampled_kernel1d
+    u = make(kernel_size, sigma)
+    c, r = images.shape[1], kernel_size // 2
+    weight = torch.outer(u, u).to(device=images.device, dtype=images.dtype)
+    weight = weight.expand(c, 1, kernel_size, kernel_size)
+    if padding == "reflect":
+        return F.conv2d(F.pad(images, (r, r, r, r), mode="reflect"), weight, groups=c)
+    v = torch.as_tensor(pad_value, device=images.device, dtype=images.dtype)
+    if not bool((v != 0).any()):
+        return F.conv2d(images, weight, padding=r, groups=c)
+    v = v.reshape(1, -1, 1, 1) if v.dim() <= 1 else v
+    return F.conv2d(images - v, weight, padding=r, groups=c) + v
+
+
+def saliency_ranks(maps: torch.Tensor, tie_break: str = "raster") -> torch.Tensor:
+    r"""Rank of every pixel in decreasing-saliency order, ``[B, H*W]`` (0 = most salient).
+
+    Pixels of equal saliency (ties) are ordered by ``tie_break``:
+
+    * ``"raster"`` (default): stable sort, the pixel that comes first in row-major order first.
+      Deterministic on every machine.
+    * ``"numpy"``: RISE's order, ``np.flip(np.argsort(s.reshape(-1, HW), axis=1), axis=-1)``
+      (RISE ``evaluation.py``), computed by numpy on the CPU in the maps' dtype. numpy's default sort
+      is not stable, so ties come in numpy's order, reversed. **That order depends on the numpy
+      version and on the CPU** (numpy ≥ 1.25 dispatches to SIMD sorts, x86-simd-sort / Highway,
+      chosen at run time), so it is reproducible only on the same software and hardware.
+    * ``"numpy_negated"``: Quantus' region order, ``np.argsort(-s, axis=1)`` (ties in numpy's
+      order, not reversed; same caveat), used by :func:`aopc`.
+
+    Maps without ties give the same ranks under all three. Maps with large tied areas (Fake-CAM:
+    ones everywhere but one pixel; zero regions of ReLU-ed CAMs) are processed in a different order:
+    e.g. a Fake-CAM deletion removes the image from the top row down under ``"raster"`` and, with
+    numpy's order for such a map, roughly from the bottom row up under ``"numpy"``.
+    """
+    _check_choice("tie_break", tie_break, (*TIE_BREAKS, "numpy_negated"))
     flat = maps.flatten(1)
-    order = torch.sort(flat, dim=1, descending=True, stable=True).indices
+    if tie_break == "raster":
+        order = torch.sort(flat, dim=1, descending=True, stable=True).indices
+    else:
+        a = flat.detach().cpu().numpy()
+        idx = np.flip(np.argsort(a, axis=1), axis=-1) if tie_break == "numpy" else np.argsort(-a, 1)
+        order = torch.from_numpy(np.ascontiguousarray(idx)).to(flat.device)
     ranks = torch.empty_like(order)
     ar = torch.arange(flat.shape[1], device=flat.device).expand_as(order)
     return ranks.scatter_(1, order, ar)
@@ -111,6 +246,11 @@ def insertion_deletion(
     step: int = 224,
     kernel_size: int = 11,
     sigma: float = 5.0,
+    blur_kernel: str = "rise",
+    blur_padding: str = "zeros",
+    substrate_space: str = "pixel",
+    tie_break: str = "raster",
+    input_mean: Sequence[float] | None = None,
     substrate: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None = None,
     modes: Sequence[str] = ("I", "D"),
     batch_size: int | None = None,
@@ -124,16 +264,41 @@ def insertion_deletion(
     :math:`n = \lceil HW/\text{step}\rceil` steps (224 steps of 224 pixels at 224×224) and :math:`n + 1`
     evaluations (225). At step :math:`t` the processed pixels are those with rank :math:`< t\cdot`step:
 
-    * deletion: :math:`x_t = x \odot \mathbb{1}[\text{rank} \ge t\cdot\text{step}]`, processed pixels set
-      to **0 in [0, 1] space** (black), before standardization;
+    * deletion: :math:`x_t = x \odot \mathbb{1}[\text{rank} \ge t\cdot\text{step}] + v \odot
+      \mathbb{1}[\text{rank} < t\cdot\text{step}]`: processed pixels are set to the **zero** of the
+      working space, :math:`v` (black in pixel space, see ``substrate_space``);
     * insertion: :math:`x_t = \tilde x \odot \mathbb{1}[\text{rank} \ge t\cdot\text{step}] + x \odot
       \mathbb{1}[\text{rank} < t\cdot\text{step}]` with :math:`\tilde x` the blurred image
       (:func:`blur_substrate`) or ``substrate``.
 
     The curve is the softmax probability :math:`y_t` of class :math:`c` (default: the **predicted** class
-    of the original image, SPEC §3.3) and the score the normalized trapezoidal AUC
+    of the original image, Section 5.3.2) and the score the normalized trapezoidal AUC of RISE's
+    ``evaluation.py``
 
     .. math:: \mathrm{AUC} = \frac{1}{n}\Big(\sum_{t=0}^{n} y_t - \tfrac{y_0}{2} - \tfrac{y_n}{2}\Big)\cdot 100.
+
+    The paper follows RISE's protocol but leaves four choices open; each is an option here, with RISE's
+    ``CausalMetric`` (eclique/RISE ``evaluation.py``) reachable by its values:
+
+    * ``blur_kernel`` (``"rise"`` default, or ``"sampled"``) and ``blur_padding`` (``"zeros"``
+      default, or ``"reflect"``), with ``kernel_size`` 11 and ``sigma`` 5: the insertion start image,
+      see :func:`blur_substrate`. Defaults: RISE's ``gkern(11, 5)`` and zero padding, because RISE's
+      code is the only source for the kernel. Changes the insertion curve, not deletion.
+    * ``substrate_space`` (``"pixel"`` default, or ``"standardized"``): the space whose zero fills
+      deleted pixels and pads the blur (:func:`paper_code.metrics.common.space_origin`). RISE fills
+      with ``torch.zeros_like`` of the tensor it receives: black when the model standardizes inside,
+      as the official Opti-CAM wrapper does (so ``"pixel"``, the default: :math:`v = 0`); the mean
+      colour when the data loader standardizes (``"standardized"``: :math:`v = \mu` of
+      ``model.standardize``, or ``input_mean`` for a model without one). Changes deletion (black vs
+      grey pixels) and, with zero padding, the blur's border.
+    * ``tie_break`` (``"raster"`` default, or ``"numpy"``): the order of pixels of equal saliency, see
+      :func:`saliency_ranks`. ``"numpy"`` is RISE's ``np.flip(np.argsort(...))`` order, which depends
+      on the numpy version and CPU; ``"raster"`` is deterministic everywhere, hence the default.
+      Changes the curves of maps with ties only (Fake-CAM, zero areas of CAMs).
+
+    With ``blur_kernel="rise", blur_padding="zeros", substrate_space="standardized",
+    tie_break="numpy"`` the curves equal RISE's ``CausalMetric`` run one image at a time on the
+    standardized tensor (checked in ``tests/test_protocol_options.py``).
 
     All :math:`B\cdot(n+1)` perturbed images are built on the fly, ``batch_size`` at a time, from the rank
     maps (one comparison per chunk; no loop over steps or images). Speed: on a GPU use large chunks; on
@@ -141,7 +306,10 @@ def insertion_deletion(
     chunks fall out of cache; see ``benchmarks/bench_metrics.py``).
 
     Args:
-        substrate: insertion start image ``[B, 3, H, W]`` or a callable ``images -> substrate``.
+        input_mean: the per-channel mean the network subtracts, for ``substrate_space="standardized"``
+            with a model that has no ``standardize`` module.
+        substrate: insertion start image ``[B, 3, H, W]`` or a callable ``images -> substrate``
+            (replaces the blur; the blur options are then unused).
         modes: which of ``"I"`` and ``"D"`` to compute.
         compile: the forward passes under ``torch.compile`` with static shapes (``True``, a mode
             or a backend name; :func:`paper_code.methods.forward.evaluation_forward`): for GPUs.
@@ -156,20 +324,33 @@ def insertion_deletion(
     modes = tuple(modes)
     if not modes or any(m not in ("I", "D") for m in modes):
         raise ValueError(f"modes must be a non-empty subset of ('I', 'D'), got {modes}")
+    _check_choice("blur_kernel", blur_kernel, BLUR_KERNELS)
+    _check_choice("blur_padding", blur_padding, BLUR_PADDINGS)
+    _check_choice("substrate_space", substrate_space, SPACES)
+    _check_choice("tie_break", tie_break, TIE_BREAKS)
     b, _, h, w = images.shape
+    origin = space_origin(model, substrate_space, images, input_mean)  # [1, 3, 1, 1]
     cls = _classes(model, images, classes, batch_size, compile)
     n_steps = math.ceil(h * w / step)
     n_eval = n_steps + 1
-    ranks = saliency_ranks(maps).view(b, 1, h, w).int()
+    ranks = saliency_ranks(maps, tie_break).view(b, 1, h, w).int()
     # Per (mode, image): the image at step 0 ("start") and what replaces processed pixels ("finish").
     starts, finishes = [], []
     for m in modes:
         if m == "D":
             starts.append(images)
-            finishes.append(torch.zeros_like(images[:1]).expand_as(images))
+            finishes.append(origin.expand_as(images))
         else:
             sub = substrate(images) if callable(substrate) else substrate
-            sub = blur_substrate(images, kernel_size, sigma) if sub is None else sub
+            if sub is None:
+                sub = blur_substrate(
+                    images,
+                    kernel_size,
+                    sigma,
+                    kernel=blur_kernel,
+                    padding=blur_padding,
+                    pad_value=origin,
+                )
             starts.append(sub.to(images))
             finishes.append(images)
     start, finish = torch.cat(starts), torch.cat(finishes)
@@ -222,6 +403,7 @@ def aopc(
     regions: int = 10,
     baseline: str | float = "black",
     aggregation: str = "samek",
+    tie_break: str = "raster",
     seed: int = 0,
     batch_size: int | None = None,
     return_curves: bool = False,
@@ -233,7 +415,7 @@ def aopc(
 
     The image is split into a grid of non-overlapping ``patch``×``patch`` regions (16×16 regions of 14×14
     at 224; a last partial row/column is kept). Regions are ranked by their summed saliency (descending;
-    ties by raster index). :math:`x_k` replaces the :math:`k` most relevant regions by the baseline,
+    ties: ``tie_break``). :math:`x_k` replaces the :math:`k` most relevant regions by the baseline,
     cumulatively, :math:`k = 1..L` with :math:`L =` ``regions``, and :math:`x_0 = x`. With the drops
     :math:`d_k = f_c(x) - f_c(x_k)` (so :math:`d_0 = 0`):
 
@@ -259,9 +441,12 @@ def aopc(
     (per-channel mean of the region), ``"uniform"`` (U(0, 1) noise from a CPU generator seeded with
     ``seed``), or a float constant.
 
-    Differences from Quantus that can matter: Quantus orders regions with ``np.argsort(-sums)``
-    (quicksort, not stable), so its order of **tied** regions is unspecified (ours: raster order);
-    maps with tied region sums (e.g. large zero areas, constant maps) can differ. When
+    Region order on ties (``tie_break``): ``"raster"`` (default) ranks regions of equal summed
+    saliency in row-major order (stable sort), deterministic everywhere; ``"numpy"`` is Quantus'
+    ``np.argsort(-sums, -1)`` (numpy's default sort, not stable, run on the CPU on our float32 sums),
+    whose order of tied regions depends on the numpy version and the CPU (SIMD sorts), see
+    :func:`saliency_ranks` (``"numpy_negated"``). Only maps with tied region sums (large zero areas,
+    constant or Fake-CAM-like maps) are affected. Other differences from Quantus: when
     ``patch`` does not divide the image, Quantus pads symmetrically (the grid is shifted) where we keep
     a partial last row/column; at 224 with patch 14 neither happens. Quantus works in float32; we
     compute probabilities in float64. ``tests/test_quantus_oracle.py`` checks the drops against Quantus.
@@ -276,13 +461,14 @@ def aopc(
         Quantus' curve).
     """
     maps = _check(images, maps)
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+    _check_choice("aggregation", aggregation, AGGREGATIONS)
+    _check_choice("tie_break", tie_break, TIE_BREAKS)
     b, _, h, w = images.shape
     cls = _classes(model, images, classes, batch_size, compile)
     sums = nn.functional.avg_pool2d(maps, patch, patch, ceil_mode=True, divisor_override=1)
     gh, gw = sums.shape[-2:]
-    pranks = saliency_ranks(sums).view(b, 1, gh, gw)
+    order = "raster" if tie_break == "raster" else "numpy_negated"
+    pranks = saliency_ranks(sums, order).view(b, 1, gh, gw)
     pranks = pranks.repeat_interleave(patch, 2).repeat_interleave(patch, 3)[..., :h, :w]
     if baseline == "black":
         base = torch.zeros_like(images[:1]).expand_as(images)

@@ -14,7 +14,8 @@ empty mask never becomes a hit (ANCHORS §4.2).
 
 **Connected components** use scipy.ndimage.label with 8-connectivity, one call per image on the CPU
 (the only non-torch step of the package; the paper does not name its connectivity). The largest
-component wins; ties go to the component met first in raster order.
+component wins; ties go to the component met first in raster order. BoxAcc's
+``box_rule="every_contour"`` (Choe et al.'s rule) also labels the holes, with 4-connectivity.
 """
 
 from __future__ import annotations
@@ -111,6 +112,79 @@ def _stack_boxes(masks: np.ndarray) -> np.ndarray:
     return boxes
 
 
+#: How BoxAcc draws boxes around a thresholded map.
+BOX_RULES = ("largest_component", "every_contour")
+
+
+def _check_rule(box_rule: str) -> None:
+    if box_rule not in BOX_RULES:
+        raise ValueError(f"box_rule must be one of {BOX_RULES}, got {box_rule!r}")
+
+
+def _stack_contour_boxes(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes of **every contour** of each mask of a stack ``[K, H, W]``, as OpenCV's
+    ``findContours(RETR_TREE)`` + ``boundingRect`` would draw them, in one pass per kind of contour.
+
+    ``RETR_TREE`` returns the outer border of every 8-connected foreground component (its box is the
+    component's box) and the border of every hole, a 4-connected background component that does not
+    reach the image border (OpenCV pads the image with a frame of zeros); a hole's border runs over
+    the foreground pixels around it, so its box is the hole's box grown by one pixel on each side.
+    (Checked against OpenCV on thousands of random masks in ``tests/test_protocol_options.py``; OpenCV
+    itself is not a dependency.) Returns ``(boxes [M, 4], slice index [M])``.
+    """
+    k, h, w = masks.shape
+    eight = np.zeros((3, 3, 3), dtype=bool)
+    eight[1] = _EIGHT
+    four = np.zeros((3, 3, 3), dtype=bool)
+    four[1] = ndimage.generate_binary_structure(2, 1)
+    labels = np.empty(masks.shape, dtype=np.int64)
+    boxes: list[tuple[int, int, int, int]] = []
+    ids: list[int] = []
+    ndimage.label(masks, structure=eight, output=labels)
+    for o in ndimage.find_objects(labels):
+        boxes.append((o[2].start, o[1].start, o[2].stop, o[1].stop))
+        ids.append(o[0].start)
+    ndimage.label(~masks, structure=four, output=labels)
+    for o in ndimage.find_objects(labels):
+        if o[1].start == 0 or o[2].start == 0 or o[1].stop == h or o[2].stop == w:
+            continue  # reaches the border: outside, not a hole
+        boxes.append((o[2].start - 1, o[1].start - 1, o[2].stop + 1, o[1].stop + 1))
+        ids.append(o[0].start)
+    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4), np.asarray(ids, dtype=np.int64)
+
+
+def threshold_boxes(
+    maps: torch.Tensor, etas: Sequence[float] = ETAS, box_rule: str = "largest_component"
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    r"""The candidate boxes :math:`\mathcal B^\eta_p` of BoxAcc for every map ``[B, 1, H, W]`` and every
+    threshold :math:`\eta`: per image a pair ``(boxes [M, 4], eta index [M])`` (float64, CPU).
+
+    The thresholded set is :math:`\{S > \eta\}`, compared in the maps' own dtype; ``box_rule``:
+
+    * ``"largest_component"``: one box per :math:`\eta`, around its largest 8-connected component
+      (none when the set is empty);
+    * ``"every_contour"``: a box around every contour, as Choe et al.'s MaxBoxAccV2 (clovaai/
+      wsolevaluation, ``multi_contour_eval``): every component and every hole
+      (:func:`_stack_contour_boxes`).
+    """
+    _check_rule(box_rule)
+    raw = maps.detach().cpu()
+    eta_t = torch.as_tensor(
+        list(etas), dtype=raw.dtype if raw.is_floating_point() else torch.float64
+    )
+    out = []
+    for i in range(raw.shape[0]):
+        stack = (raw[i, 0][None] > eta_t[:, None, None]).numpy()
+        if box_rule == "largest_component":
+            bx = _stack_boxes(stack)
+            keep = np.flatnonzero((bx[:, 2] > bx[:, 0]) & (bx[:, 3] > bx[:, 1]))
+            out.append((torch.from_numpy(bx[keep]), torch.from_numpy(keep)))
+        else:
+            bx, k = _stack_contour_boxes(stack)
+            out.append((torch.from_numpy(bx), torch.from_numpy(k)))
+    return out
+
+
 def predicted_boxes(maps: torch.Tensor) -> torch.Tensor:
     r"""Predicted box :math:`B_p` per map ``[B, 1, H, W]`` -> ``[B, 4]`` (float64, CPU).
 
@@ -171,6 +245,7 @@ def localization(
     probs: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None = None,
     etas: Sequence[float] = ETAS,
     deltas: Sequence[float] = DELTAS,
+    box_rule: str = "largest_component",
 ) -> dict[str, torch.Tensor]:
     r"""Localization metrics of Appendix B, per image (SPEC §3.5), for maps ``[B, 1, H, W]`` of the GT class.
 
@@ -188,16 +263,32 @@ def localization(
       given: a ``[B]`` tensor of :math:`p_c`, or a callable ``pred_boxes -> p_c`` such as
       ``lambda bx: box_crop_probs(model, images, bx, classes)`` (Dabkowski & Gal's crop-and-classify);
       else NaN;
-    * ``box_hits`` bool ``[B, len(etas), len(deltas)]``: :math:`\max_B \mathbb 1[\mathrm{IoU}(B^\eta_p,
-      B)\ge\delta]` with :math:`B^\eta_p` the box of the largest component of :math:`\{S > \eta\}` (no
-      box if empty: a miss). BoxAcc is dataset-level, see :func:`box_accuracy`. Maps are used as given
-      (in [0, 1]); they are not re-normalized.
+    * ``box_hits`` bool ``[B, len(etas), len(deltas)]``: :math:`\max_{B' \in \mathcal B^\eta_p}
+      \max_B \mathbb 1[\mathrm{IoU}(B', B)\ge\delta]` over the candidate boxes
+      :math:`\mathcal B^\eta_p` of :math:`\{S > \eta\}` (:func:`threshold_boxes`; none if empty: a
+      miss). BoxAcc is dataset-level, see :func:`box_accuracy`. Maps are used as given (in [0, 1]);
+      they are not re-normalized.
+
+    ``box_rule`` (the candidates of BoxAcc only; :math:`B_p` of LE/OM/SM is always the largest
+    component of :math:`\{S \ge \bar S\}`):
+
+    * ``"largest_component"`` (default): one box, around the largest 8-connected component, as the
+      paper's Appendix B describes its predicted box ("bounding box of the largest connected
+      component"), which it applies to BoxAcc too.
+    * ``"every_contour"``: Choe et al.'s MaxBoxAccV2 code (clovaai/wsolevaluation, ``evaluation.py``
+      with ``multi_contour_eval``) draws a box around every contour of the thresholded map
+      (``cv2.findContours(RETR_TREE, CHAIN_APPROX_SIMPLE)``, ``boundingRect``) and keeps the best IoU:
+      every component and every hole here. Never lower than the default (its candidates include the
+      largest component); higher when a smaller blob, or a hole's rim, fits a GT box better (several
+      objects, fragmented maps). Only the candidate rule is Choe's: their code also quantizes the map
+      to uint8, thresholds at a fraction of its maximum, clips boxes to ``width - 1`` and counts box
+      sides inclusively (+1) in the IoU; we keep this module's thresholds, box convention and IoU
+      for both rules, so that they differ by the rule alone.
 
     Excluded images (empty :math:`U`) get NaN scores and no hits; ``valid`` says which.
 
     Notes on the paper: its Fake-CAM row (F1 57.7, EP 28.5) is not consistent with EP = P literally
-    (SPEC §3.5); we implement the stated definitions. Choe et al.'s MaxBoxAccV2 code can score the
-    best box over *all* contours; Appendix B names the largest component, which we follow.
+    (Appendix B, Table A.7); we implement the stated definitions.
 
     Returns:
         dict of ``[B]`` float64 tensors ``OM LE F1 SP EP SM P R IoU`` plus ``valid`` (bool),
@@ -205,6 +296,7 @@ def localization(
     """
     if maps.dim() != 4 or maps.shape[1] != 1:
         raise ValueError(f"maps must be [B, 1, H, W], got {list(maps.shape)}")
+    _check_rule(box_rule)
     b, _, h, w = maps.shape
     gt = _as_boxes(boxes)
     if len(gt) != b:
@@ -253,19 +345,15 @@ def localization(
     else:
         sm = nan.clone()
 
-    # BoxAcc hit tables.
-    raw = maps.detach().cpu()  # thresholds compared in the maps' own dtype (0.4f > 0.4 is False)
-    eta_t = torch.as_tensor(
-        list(etas), dtype=raw.dtype if raw.is_floating_point() else torch.float64
-    )
+    # BoxAcc hit tables (thresholds compared in the maps' own dtype: 0.4f > 0.4 is False).
     delta_t = torch.as_tensor(list(deltas), dtype=torch.float64)
-    hits = torch.zeros(b, len(eta_t), len(delta_t), dtype=torch.bool)
-    for i in range(b):
-        if not valid[i]:
-            continue
-        stack = (raw[i, 0][None] > eta_t[:, None, None]).numpy()
-        bx = torch.from_numpy(_stack_boxes(stack))  # [n_eta, 4]; empty -> zero box, IoU 0
-        best = box_iou(bx[:, None], gt[i][None]).amax(1)  # [n_eta]
+    hits = torch.zeros(b, len(etas), len(delta_t), dtype=torch.bool)
+    candidates = threshold_boxes(maps.detach().cpu()[valid], etas, box_rule)
+    for i, (bx, eta_index) in zip(valid.nonzero()[:, 0].tolist(), candidates, strict=True):
+        best = torch.zeros(len(etas), dtype=torch.float64)  # no box: IoU 0
+        if len(bx) and len(gt[i]):
+            box_best = box_iou(bx[:, None], gt[i][None]).amax(1)  # [M]
+            best.scatter_reduce_(0, eta_index, box_best, "amax")
         hits[i] = best[:, None] >= delta_t[None] - 1e-12  # IoU exactly δ counts (float guard)
 
     out = {

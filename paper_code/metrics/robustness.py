@@ -1,4 +1,4 @@
-r"""Robustness and complexity metrics of Table 4: Max-Sensitivity and ADCC (SPEC §3.4)."""
+r"""Robustness and complexity metrics of Table 4: Max-Sensitivity and ADCC (Section 5.3.3)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,17 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .common import Explainer, _as_classes, _check, _chunks, _classes
-from .faithfulness import classification
+from .common import (
+    SPACES,
+    Explainer,
+    _as_classes,
+    _check,
+    _check_choice,
+    _chunks,
+    _classes,
+    class_probs,
+    space_origin,
+)
 
 # --------------------------------------------------------------------------- Max-Sensitivity
 
@@ -36,6 +45,8 @@ def uniform_perturbation(
 
 
 NORMALIZATIONS = ("explanation", "input")
+#: Where Max-Sensitivity's unperturbed map S(x) comes from.
+UNPERTURBED_MAPS = ("recompute", "given")
 
 
 def max_sensitivity(
@@ -48,6 +59,7 @@ def max_sensitivity(
     seed: int = 0,
     clamp: bool = True,
     normalize_by: str = "explanation",
+    unperturbed_maps: str = "recompute",
     maps: torch.Tensor | None = None,
     batch_size: int | None = None,
     progress: bool = False,
@@ -90,16 +102,36 @@ def max_sensitivity(
     sample, each sample one ``[B, 3, H, W]`` tensor (device-independent). Other choices: a zero
     denominator is replaced by 1 (as Captum; Quantus would return inf/NaN); maps are not
     re-normalized (explainers already return maps in [0, 1]; Quantus' ``normalise`` defaults to
-    False for this metric). ``maps`` may pass precomputed :math:`S(x)`.
+    False for this metric).
+
+    Precision of :math:`S(x)` (``unperturbed_maps``). The score compares :math:`S(x)` with maps
+    recomputed by ``explainer``; if the two sides are computed differently (e.g. :math:`S(x)` read from
+    a float16 cache, :math:`S(x + \epsilon)` in float32), their rounding difference enters the
+    numerator and MS no longer vanishes as :math:`\epsilon \to 0`. Hence:
+
+    * ``"recompute"`` (default): :math:`S(x)` = ``explainer(images, classes)``, computed in this
+      call exactly as every :math:`S(x + \epsilon_s)` (same function, dtype, device, chunking), so a
+      deterministic explainer scores exactly 0 for :math:`\epsilon = 0`. ``maps`` is **not used**
+      (one more explanation of the batch: :math:`1/N` of the metric's cost). Quantus and Captum also
+      explain :math:`x` and :math:`x + \epsilon` the same way.
+    * ``"given"``: :math:`S(x)` = ``maps`` (required), and each :math:`S(x + \epsilon_s)` is
+      **rounded to** ``maps.dtype`` before the difference, so both sides carry the same precision
+      (a float16 cache gives float16-rounded perturbed maps); saves the extra explanation.
     """
     _check(images)
-    if normalize_by not in NORMALIZATIONS:
-        raise ValueError(f"normalize_by must be one of {NORMALIZATIONS}, got {normalize_by!r}")
+    _check_choice("normalize_by", normalize_by, NORMALIZATIONS)
+    _check_choice("unperturbed_maps", unperturbed_maps, UNPERTURBED_MAPS)
+    if unperturbed_maps == "given" and maps is None:
+        raise ValueError("unperturbed_maps='given' needs maps (S(x)); got maps=None")
     cls = _as_classes(classes, images.shape[0], images.device)
     # The explainer runs with autograd enabled: gradient methods and Opti-CAM need it.
-    s0 = _explain_chunks(explainer, images, cls, batch_size) if maps is None else maps
+    if unperturbed_maps == "recompute":
+        s0 = _explain_chunks(explainer, images, cls, batch_size).detach()
+        given_dtype = None
+    else:
+        s0, given_dtype = maps.detach(), maps.dtype
     with torch.no_grad():
-        s0 = s0.detach().to(images.device).flatten(1).double()
+        s0 = s0.to(images.device).flatten(1).double()
         ref = s0 if normalize_by == "explanation" else images.flatten(1).double()
         denom = ref.norm(dim=1)
         denom = torch.where(denom == 0, torch.ones_like(denom), denom)
@@ -112,6 +144,8 @@ def max_sensitivity(
             s1 = _explain_chunks(
                 explainer, xs, cls.repeat(samples), batch_size, progress, "Max-Sensitivity"
             ).detach()
+        if given_dtype is not None:
+            s1 = s1.to(given_dtype)  # same precision as the given S(x)
         s1 = s1.flatten(1).view(samples, b, -1)
         best = torch.zeros_like(denom)
         for s in range(samples):
@@ -122,11 +156,16 @@ def max_sensitivity(
 # --------------------------------------------------------------------------- ADCC
 
 
-def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+#: What ADCC's coherency does when the Pearson correlation is undefined (a constant map).
+CONSTANT_MAPS = ("zero_correlation", "nan")
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor, undefined: float = 0.0) -> torch.Tensor:
     a = a - a.mean(1, keepdim=True)
     b = b - b.mean(1, keepdim=True)
     den = a.norm(dim=1) * b.norm(dim=1)
-    return torch.where(den > 0, (a * b).sum(1) / den.clamp(min=1e-300), torch.zeros_like(den))
+    fill = torch.full_like(den, undefined)
+    return torch.where(den > 0, (a * b).sum(1) / den.clamp(min=1e-300), fill)
 
 
 def adcc(
@@ -136,6 +175,9 @@ def adcc(
     maps: torch.Tensor,
     classes: torch.Tensor | Sequence[int] | None = None,
     *,
+    masking_space: str = "pixel",
+    constant_maps: str = "zero_correlation",
+    input_mean: Sequence[float] | None = None,
     batch_size: int | None = None,
     progress: bool = False,
     compile: bool | str | None = None,
@@ -149,14 +191,36 @@ def adcc(
         \mathrm{AD} = \frac{[p - o]_+}{p},
 
     a harmonic mean, with :math:`\rho` the Pearson correlation of the flattened maps,
-    :math:`S' =` ``explainer(x ⊙ S, c)``, and :math:`p, o` the softmax probabilities of class :math:`c`
-    for :math:`x` and :math:`x\odot S`. :math:`c` defaults to the **predicted** class of :math:`x`
-    (ADCC's convention; ``maps`` should explain that class). AD here is a fraction, not %. The paper's
-    Table 4 arrow (↓) is a misprint (SPEC §3.4).
+    :math:`S' =` ``explainer(`` :math:`\hat x` ``, c)`` the map of the explanation image
+    :math:`\hat x = x \odot S` (masked as ``masking_space`` says), and :math:`p, o` the softmax
+    probabilities of class :math:`c` for :math:`x` and :math:`\hat x`. :math:`c` defaults to the
+    **predicted** class of :math:`x` (ADCC's convention; ``maps`` should explain that class). AD here
+    is a fraction, not %. The paper's Table 4 arrow (↓) is a misprint: ADCC is higher-is-better by
+    construction.
 
-    Choices where the paper and ADCC are silent: a constant map has no defined correlation, we set
-    :math:`\rho := 0` (Coh = 0.5); when any component is 0 (e.g. Com = 1 or AD = 1) the harmonic mean is
-    its limit, 0.
+    ``masking_space`` (where :math:`x \odot S` is taken; :func:`paper_code.metrics.common.space_origin`):
+
+    * ``"pixel"`` (default): :math:`\hat x = x \odot S` on the [0, 1] image, masked pixels black.
+      The ADCC authors' code (aimagelab/ADCC) multiplies the tensor the model receives; with the
+      official Opti-CAM wrapper, which standardizes inside the model, that tensor is the [0, 1]
+      image, so this is the reference code fed the paper's model, and the masking convention of
+      AD/AG/AI (Section 3.1 / App. H) as well.
+    * ``"standardized"``: :math:`\hat z = z \odot S` on :math:`z = (x - \mu)/\sigma`, i.e.
+      :math:`\hat x = (x - \mu) \odot S + \mu`: masked pixels become the mean colour (grey), as the
+      ADCC code does when the data loader standardizes. :math:`\mu` from ``model.standardize`` or
+      ``input_mean``. Changes :math:`o` (AD) and :math:`S'` (coherency); complexity is unchanged.
+
+    ``constant_maps`` (:math:`\rho` is undefined when :math:`S` or :math:`S'` is constant, e.g. an
+    all-zero CAM after the :math:`\epsilon`-guarded normalization):
+
+    * ``"zero_correlation"`` (default): :math:`\rho := 0` (Coh = 0.5), so the image keeps a finite
+      ADCC and counts in the mean. Default because dropping such images would reward a method for
+      failing on them.
+    * ``"nan"``: :math:`\rho` and ADCC are NaN, as in the ADCC code (whose Pearson divides 0 by 0);
+      :func:`paper_code.metrics.summarize` (a NaN-ignoring mean) then leaves the image out, where a
+      plain mean would be NaN.
+
+    Otherwise, when a component is 0 (e.g. Com = 1 or AD = 1) the harmonic mean is its limit, 0.
 
     ``compile``: the network's own forward passes (AD) under ``torch.compile``; the explainer
     runs as given.
@@ -165,20 +229,24 @@ def adcc(
         dict with ``ADCC`` (%), ``coherency``, ``complexity``, ``AD`` (fractions), all float64 ``[B]``.
     """
     maps = _check(images, maps)
+    _check_choice("masking_space", masking_space, SPACES)
+    _check_choice("constant_maps", constant_maps, CONSTANT_MAPS)
+    origin = space_origin(model, masking_space, images, input_mean)
     cls = _classes(model, images, classes, batch_size, compile)
-    masked = images * maps
+    masked = images * maps if masking_space == "pixel" else (images - origin) * maps + origin
     # The explainer runs with autograd enabled: gradient methods and Opti-CAM need it.
     s2 = _explain_chunks(explainer, masked, cls, batch_size).detach().to(images.device)
     s1f, s2f = maps.flatten(1).double(), s2.flatten(1).double()
-    coherency = (_pearson(s1f, s2f) + 1) / 2
+    undefined = 0.0 if constant_maps == "zero_correlation" else float("nan")
+    coherency = (_pearson(s1f, s2f, undefined) + 1) / 2
     complexity = s1f.abs().mean(1)
-    ad = (
-        classification(
-            model, images, maps, cls, batch_size=batch_size, progress=progress, compile=compile
-        )["AD"]
-        / 100
-    )
+    kw = dict(batch_size=batch_size, progress=progress, compile=compile)
+    p = class_probs(model, images, cls, **kw)[0]
+    o = class_probs(model, masked, cls, **kw)[0]
+    # AD of eq. (13) as a fraction (0/0 := 0 when p = 0, as :func:`classification`).
+    ad = torch.where(p > 0, (p - o).clamp(min=0) / p.clamp(min=1e-300), torch.zeros_like(p))
     comps = torch.stack([coherency, 1 - complexity, 1 - ad])
     harmonic = 3 / (1 / comps.clamp(min=1e-300)).sum(0)
     score = torch.where((comps > 0).all(0), harmonic, torch.zeros_like(harmonic)) * 100
+    score = torch.where(coherency.isnan(), coherency, score)
     return {"ADCC": score, "coherency": coherency, "complexity": complexity, "AD": ad}
