@@ -897,6 +897,7 @@ def table4_scores(
     options: Mapping[str, Any],
     with_ms: bool = True,
     with_adcc: bool = True,
+    parts: Sequence[str] = ("AOPC", "MS", "ADCC"),
 ) -> Score:
     """Score function of Table 4: per image AOPC (Samek et al., Quantus' region perturbation:
     patch 14, 10 regions) and Max-Sensitivity (Quantus: radius 0.2, ``ms_samples`` samples) of
@@ -906,7 +907,8 @@ def table4_scores(
     ``params``: the page's ``ms_samples``, ``ms_normalize_by``, ``aopc_aggregation``, ``seed``,
     ``batch_size`` and the ``protocol`` options of ``aopc``, ``max_sensitivity`` and ``adcc``;
     the metrics re-explain with ``method`` and ``options`` (:func:`paper_code.explain`, which turns
-    gradients on for the methods that need them)."""
+    gradients on for the methods that need them). ``parts``: the metrics to compute (the others
+    are NaN; the protocol-sensitivity page recomputes only the one a choice moves)."""
     from .. import metrics
     from ..methods import explain
 
@@ -920,34 +922,43 @@ def table4_scores(
     def explainer(x, c):
         return explain(method, model, x, c, **options)
 
+    parts = tuple(parts)
+    unknown = sorted(set(parts) - {"AOPC", "MS", "ADCC"})
+    if unknown:
+        raise ValueError(f"unknown Table 4 part(s) {unknown}; valid: AOPC, MS, ADCC")
+
     def score(model, batch, gt_maps):
         labels, predicted = batch.labels, batch.logits.argmax(1)
-        aopc = metrics.aopc(model, batch.images, gt_maps, labels, patch=14, regions=10,
-                            aggregation=aggregation, **opts["aopc"])["AOPC"]  # fmt: skip
         nan = torch.full((len(batch.ids),), math.nan)
+        aopc = nan
+        if "AOPC" in parts:
+            aopc = metrics.aopc(model, batch.images, gt_maps, labels, patch=14, regions=10,
+                                aggregation=aggregation, **opts["aopc"])["AOPC"]  # fmt: skip
         ms = nan
-        if with_ms:
+        if with_ms and "MS" in parts:
             ms = metrics.max_sensitivity(
                 explainer, batch.images, labels, radius=0.2, samples=samples, seed=seed,
                 maps=gt_maps, batch_size=batch_size, normalize_by=normalize_by,
                 **opts["max_sensitivity"],
             )  # fmt: skip
         a = dict.fromkeys(("ADCC", "coherency", "complexity", "AD"), nan)
-        if with_adcc:
+        if with_adcc and "ADCC" in parts:
             pred_maps, _ = ex.cached_maps(cache, model, method, batch, "most_probable", options)
             a = metrics.adcc(model, explainer, batch.images, pred_maps, predicted,
                              batch_size=batch_size, **opts["adcc"])  # fmt: skip
         return {"AOPC": aopc, "MS": ms, "ADCC": a["ADCC"], "coherency": a["coherency"],
                 "complexity": a["complexity"], "AD_pred": a["AD"]}  # fmt: skip
 
-    return Score(
-        score,
-        ms_samples=samples if with_ms else 0,
-        ms_normalize_by=normalize_by,
-        aopc_aggregation=aggregation,
-        adcc=with_adcc,
+    settings: dict[str, Any] = {
+        "ms_samples": samples if with_ms else 0,
+        "ms_normalize_by": normalize_by,
+        "aopc_aggregation": aggregation,
+        "adcc": with_adcc,
         **opts,
-    )
+    }
+    if parts != ("AOPC", "MS", "ADCC"):
+        settings["parts"] = list(parts)
+    return Score(score, **settings)
 
 
 def localization_summary(run: TableRun, per_image: pd.DataFrame) -> pd.DataFrame:
