@@ -215,9 +215,9 @@ def _page_metrics(page: str) -> list[str]:
 
 def _with_override(params: Mapping[str, Any], choice: Choice, label: str) -> dict[str, Any]:
     """The parameters under one value of ``choice``."""
-    out = copy.deepcopy(dict(params))
+    out = dict(params)
     key = "protocol" if choice.kind == "protocol" else "method_options"
-    merged = dict(out.get(key) or {})
+    merged = copy.deepcopy(dict(out.get(key) or {}))
     for name, opts in choice.values[label].items():
         merged[name] = {**dict(merged.get(name) or {}), **opts}
     out[key] = merged
@@ -313,12 +313,16 @@ def evaluate(
             chosen = run.methods(model)
             if methods is not None:
                 chosen = [m for m in chosen if m in methods]
-            if choice.kind == "method":
-                chosen = [m for m in chosen if m in choice.methods]
+            changed = [m for m in chosen if choice.kind != "method" or m in choice.methods]
+            if not changed:
+                skipped.append(f"{model_name}: none of {', '.join(choice.methods)} in this table")
+                continue
             for label in choice.values:
                 vparams = _with_override(page_params, choice, label)
                 default = label == choice.default
-                for method in chosen:
+                # A method's option changes only its own maps: the other methods' rows are the
+                # table's (the default value's), needed to rank and to check the claims.
+                for method in chosen if default else changed:
                     score = _score(page, vparams, cache, model, method, metrics, default)
                     if score is None and page not in ("table1", "table2"):
                         continue
@@ -335,6 +339,14 @@ def evaluate(
             continue
         per_image = per_image[per_image["config"].isin(labels)].copy()
         per_image["value"] = per_image["config"].map(labels)
+        if choice.kind == "method":  # the unchanged methods' rows count under every value
+            same = per_image[
+                (per_image["value"] == choice.default) & ~per_image["method"].isin(choice.methods)
+            ]
+            per_image = pd.concat(
+                [per_image, *(same.assign(value=v) for v in list(choice.values)[1:])],
+                ignore_index=True,
+            )
         results.append(_compare(choice, page, run, per_image, metrics, skipped))
     return results
 
@@ -391,8 +403,8 @@ def _compare(
             if rows.empty:
                 continue
             checked = run.claims(rows, model_name, record=False)
-            checked = checked[checked["metric"].isin(metrics)] if len(checked) else checked
-            verdicts[label] = checked
+            if len(checked):
+                verdicts[label] = checked[checked["metric"].isin(metrics)]
         if choice.default not in verdicts:
             continue
         base = verdicts[choice.default].set_index(["metric", "claim"])["verdict"]
