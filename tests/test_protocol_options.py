@@ -63,7 +63,7 @@ def test_rise_kernel_equals_scipy_gkern(klen, nsig):
     ref = ndimage.gaussian_filter(inp, nsig)  # float64
     u = M.rise_kernel1d(klen, nsig)
     assert u.dtype == torch.float64
-    # Both in float64 from the same exp() values; only summation order differs (measured 3e-17).
+    # Both in float64 from the same exp() values; only summation order differs (measured 2e-16).
     np.testing.assert_allclose(torch.outer(u, u).numpy(), ref, rtol=0, atol=1e-12)
 
 
@@ -91,8 +91,9 @@ def test_blur_substrate_options_against_independent_convolutions():
                 out[b, c] = ndimage.correlate(img[b, c] - shift, k, mode=mode, cval=0.0) + shift
         return out
 
-    # Float32 convolution against float64 scipy: error ~1e-7 on [0, 1] images (measured 2e-7).
-    tol = dict(rtol=0, atol=2e-6)
+    # Float32 convolution against float64 scipy on [0, 1] images (measured 2.7e-7); the kernels
+    # compared differ in their weights by > 1e-2.
+    tol = dict(rtol=0, atol=1e-5)
     got = M.blur_substrate(x)  # default: RISE kernel, zero padding, black (pixel space)
     np.testing.assert_allclose(got.numpy(), corr(xd, k_rise, "constant"), **tol)
     got = M.blur_substrate(x, pad_value=v)  # zero padding of the standardized space: mean colour
@@ -108,8 +109,9 @@ def test_blur_substrate_options_against_independent_convolutions():
     assert torch.equal(old, gaussian_blur(x, [11, 11], [5.0, 5.0]))
     # RISE's own convolution: conv2d with the 3x3x11x11 float32 kernel and zero padding.
     rise = F.conv2d(x, torch.from_numpy(gkern(11, 5.0)), padding=5)
-    # Same float32 kernel values; a dense vs a depthwise convolution sums in another order.
-    torch.testing.assert_close(M.blur_substrate(x), rise, rtol=0, atol=1e-6)
+    # Same float32 kernel values; a dense vs a depthwise convolution may sum in another order
+    # (measured 0 here).
+    torch.testing.assert_close(M.blur_substrate(x), rise, rtol=0, atol=1e-5)
 
 
 def test_blur_and_space_options_are_validated(tiny):
@@ -187,16 +189,19 @@ def test_insertion_deletion_equal_rise_causal_metric(tiny, space):
         d = rise_causal_metric(ref_net, ref_in[i : i + 1], sal, "del", step)
         ins = rise_causal_metric(ref_net, ref_in[i : i + 1], sal, "ins", step)
         # Probabilities of the same images up to float32 rounding: we build them in pixel space
-        # around the mean colour, RISE in the standardized space (measured max difference 2e-8).
-        np.testing.assert_allclose(ours["D_curve"][i].numpy(), d, rtol=0, atol=1e-6)
-        np.testing.assert_allclose(ours["I_curve"][i].numpy(), ins, rtol=0, atol=1e-6)
+        # around the mean colour, RISE in the standardized space (measured max difference 1.9e-8;
+        # the options change these curves by 1e-4 to 3e-3, test_each_open_choice_changes_the_curves).
+        np.testing.assert_allclose(ours["D_curve"][i].numpy(), d, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(ours["I_curve"][i].numpy(), ins, rtol=0, atol=1e-5)
         auc = lambda y: (y.sum() - y[0] / 2 - y[-1] / 2) / (len(y) - 1) * 100  # noqa: E731
-        assert ours["D"][i].item() == pytest.approx(auc(d), abs=1e-4)
-        assert ours["I"][i].item() == pytest.approx(auc(ins), abs=1e-4)
+        assert ours["D"][i].item() == pytest.approx(auc(d), abs=1e-3)  # in %: 100 x the above
+        assert ours["I"][i].item() == pytest.approx(auc(ins), abs=1e-3)
 
 
 def test_each_open_choice_changes_the_curves(tiny):
-    """The options are not no-ops on this data: each changes a curve by far more than rounding."""
+    """The options are not no-ops on this data: each changes a curve by far more than rounding
+    (two computations of the same curve differ by ~1e-8; the smallest change here, the sampled
+    kernel's, measured 1.1e-4)."""
     g = torch.Generator().manual_seed(3)
     x = torch.rand(3, 3, 32, 32, generator=g)
     maps = _maps_with_ties(3, 32, 32)
@@ -210,7 +215,7 @@ def test_each_open_choice_changes_the_curves(tiny):
         ({"tie_break": "numpy"}, "D_curve"),
     ):
         other = M.insertion_deletion(tiny, x, maps, **base, **kw)
-        assert (other[key] - ref[key]).abs().max() > 1e-4, kw
+        assert (other[key] - ref[key]).abs().max() > 1e-6, kw
     # Deletion ignores the blur options exactly.
     other = M.insertion_deletion(tiny, x, maps, **base, blur_kernel="sampled")
     assert torch.equal(other["D_curve"], ref["D_curve"])
@@ -224,13 +229,13 @@ def test_standardized_space_needs_the_mean(tiny):
     kw = dict(step=128, substrate_space="standardized", return_curves=True)
     a = M.insertion_deletion(tiny, x, s, **kw)
     b = M.insertion_deletion(plain, x, s, input_mean=tuple(tiny.standardize.mean.flatten()), **kw)
-    for k in ("I_curve", "D_curve"):
+    for k in ("I_curve", "D_curve"):  # the same modules and operations: exact
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
     # With standardization off (Table A.14) the network receives [0, 1] pixels: its zero is black.
     with without_standardization(tiny):
         off = M.insertion_deletion(tiny, x, s, **kw)
         pix = M.insertion_deletion(tiny, x, s, step=128, return_curves=True)
-    torch.testing.assert_close(off["D_curve"], pix["D_curve"], rtol=0, atol=0)
+    torch.testing.assert_close(off["D_curve"], pix["D_curve"], rtol=0, atol=0)  # same images
 
 
 # --------------------------------------------------------------------------- 3. tie order
@@ -287,10 +292,10 @@ def test_aopc_numpy_tie_break_equals_quantus_on_tied_regions(sharp):
     )  # fmt: skip
     theirs = np.asarray(out, dtype=np.float64)
     ours = M.aopc(sharp, x, maps, classes, tie_break="numpy", return_drops=True)["AOPC_drops"]
-    # Quantus' softmax in float32, ours in float64 (measured max difference 1e-7).
-    np.testing.assert_allclose(ours.numpy(), theirs, rtol=0, atol=1e-6)
+    # Quantus' softmax in float32, ours in float64 (measured max difference 1.3e-7).
+    np.testing.assert_allclose(ours.numpy(), theirs, rtol=0, atol=1e-5)
     raster = M.aopc(sharp, x, maps, classes, return_drops=True)["AOPC_drops"]
-    assert (raster - ours).abs().max() > 1e-3  # the tie order matters on these maps
+    assert (raster - ours).abs().max() > 1e-3  # the tie order matters here (measured 0.058)
     with pytest.raises(ValueError, match="tie_break must be one of"):
         M.aopc(sharp, x, maps, classes, tie_break="numpy_negated")
 
@@ -338,9 +343,11 @@ def test_adcc_masking_space_equals_the_reference_formula(tiny, space):
     r = M.adcc(tiny, ours_expl, x, s, masking_space=space)
     for i in range(3):
         ref = reference_adcc(ref_net, ref_in[i : i + 1], s[i : i + 1], ref_expl)
-        # Same images up to float32 rounding of (x - mu) * S + mu vs z * S (measured rel. 1e-7).
-        for k in ("ADCC", "coherency", "AD"):
-            assert r[k][i].item() == pytest.approx(ref[k], rel=1e-5, abs=1e-7), (k, i)
+        # Same images up to float32 rounding of (x - mu) * S + mu vs z * S: measured absolute
+        # differences 2.4e-7 (ADCC, %), 9e-10 (coherency), 1.3e-8 (AD); the spaces differ by ~10
+        # ADCC points.
+        for k, tol in (("ADCC", 1e-4), ("coherency", 1e-6), ("AD", 1e-6)):
+            assert r[k][i].item() == pytest.approx(ref[k], rel=0, abs=tol), (k, i)
     other = M.adcc(
         tiny, ours_expl, x, s, masking_space="pixel" if space == "standardized" else "standardized"
     )
@@ -403,10 +410,11 @@ def test_max_sensitivity_compares_maps_of_the_same_precision():
         xs = M.uniform_perturbation(x, 0.2, gen)
         d = (_square(xs, cls).double() - s32.double()).flatten(1).norm(dim=1)
         ref = torch.maximum(ref, d / s32.double().flatten(1).norm(dim=1))
-    # Same float32 maps; the norms in float64 differ only in summation order (measured 0).
+    # Same float32 maps, same float64 arithmetic (measured difference 0).
     torch.testing.assert_close(a, ref, rtol=1e-12, atol=0)
     c16 = M.max_sensitivity(_square, x, cls, seed=4, samples=5, maps=s16, unperturbed_maps="given")
-    assert (c16 - a).abs().max() < 1e-2  # float16 rounding of both sides only (~1e-3 relative)
+    # float16 rounding of both sides only (measured 2.5e-5 on MS ~ 0.29).
+    assert (c16 - a).abs().max() < 1e-3
     with pytest.raises(ValueError, match="needs maps"):
         M.max_sensitivity(_square, x, cls, unperturbed_maps="given")
     with pytest.raises(ValueError, match="unperturbed_maps must be one of"):
@@ -458,15 +466,18 @@ def test_rollout_default_start_layer_1_leaves_out_the_first_block(vit, vit_image
             joint = np.einsum("bij,bjk->bik", m, joint)
         return joint[:, 0, 1:].reshape(2, 1, 8, 8)
 
-    # float32 products of three 65×65 matrices against float64 (measured max 3e-9 on values ~1e-2).
-    tol = dict(rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(att.rollout_lowres(vit, vit_images).numpy(), by_hand(1), **tol)
+    # float32 products of 65×65 matrices against float64: measured max 6.4e-9 on values ~1.1e-2;
+    # leaving out block 0 changes them by 2e-3.
+    tol = dict(rtol=0, atol=1e-6)
+    low = att.rollout_lowres(vit, vit_images)
+    np.testing.assert_allclose(low.numpy(), by_hand(1), **tol)
     np.testing.assert_allclose(
         att.rollout_lowres(vit, vit_images, start_layer=0).numpy(), by_hand(0), **tol
     )
-    want = normalize_range(upsample(torch.from_numpy(by_hand(1)).float(), (64, 64)))
-    torch.testing.assert_close(explain("rollout", vit, vit_images), want, rtol=1e-4, atol=1e-5)
-    assert not np.allclose(by_hand(0), by_hand(1), rtol=1e-3)
+    assert np.abs(by_hand(0) - by_hand(1)).max() > 1e-4
+    # The registered method's default is start_layer 1 (same float32 pipeline: exact).
+    want = normalize_range(upsample(low, (64, 64)))
+    torch.testing.assert_close(explain("rollout", vit, vit_images), want, rtol=0, atol=0)
 
 
 def test_tibav_default_start_layer_1(vit, vit_images):
@@ -479,11 +490,14 @@ def test_tibav_default_start_layer_1(vit, vit_images):
             c = (torch.eye(65) + (g * r).clamp(min=0).mean(1)) @ c
         return c[:, 0, 1:].reshape(2, 1, 8, 8)
 
-    torch.testing.assert_close(att.tibav_lowres(vit, vit_images, target), by_hand(1))
-    torch.testing.assert_close(att.tibav_lowres(vit, vit_images, target, 0), by_hand(0))
+    # The same float32 operations in the same order (measured difference 0); leaving out block 0
+    # changes the values (~2e-4) by 4e-5.
+    exact = dict(rtol=0, atol=1e-9)
+    torch.testing.assert_close(att.tibav_lowres(vit, vit_images, target), by_hand(1), **exact)
+    torch.testing.assert_close(att.tibav_lowres(vit, vit_images, target, 0), by_hand(0), **exact)
     maps = explain("tibav", vit, vit_images, [1, 2])
-    torch.testing.assert_close(maps, normalize_range(upsample(by_hand(1), (64, 64))))
-    assert (by_hand(0) - by_hand(1)).abs().max() > 1e-6
+    torch.testing.assert_close(maps, normalize_range(upsample(by_hand(1), (64, 64))), **exact)
+    assert (by_hand(0) - by_hand(1)).abs().max() > 1e-5
 
 
 def test_start_layer_registry_defaults_match_the_signatures(vit, vit_images):
@@ -600,9 +614,10 @@ def test_extremal_several_areas_are_single_area_runs_summed_and_normalized():
     assert res.masks.shape == (2, 4, 20, 20)
     for a, area in enumerate(areas):
         alone = optimize(model, x, target, areas=[area], **kw)
-        # Independent rows; the batched network sums in another order with 8 rows than with 2
-        # (measured max difference 0 here).
-        torch.testing.assert_close(res.masks[:, a], alone.masks[:, 0], rtol=0, atol=1e-6)
+        # Independent rows; the batched network may sum in another order with 8 rows than with 2
+        # (measured max difference 0 here; masks lie in [0, 1]).
+        torch.testing.assert_close(res.masks[:, a], alone.masks[:, 0], rtol=0, atol=1e-5)
+    # The map is computed from these masks (measured difference 0).
     torch.testing.assert_close(res.maps[:, 0], res.masks.sum(1) / 4, rtol=0, atol=1e-7)
     assert res.maps.min() >= 0 and res.maps.max() <= 1
     # smooth: each mask blurred with sigma = 0.09 * 20, zero padding, half-width ceil(4 sigma).
@@ -613,11 +628,12 @@ def test_extremal_several_areas_are_single_area_runs_summed_and_normalized():
             ref = ndimage.gaussian_filter(
                 raw[b, a].double().numpy(), sigma, mode="constant", radius=math.ceil(4 * sigma)
             )
-            # float32 convolution against float64 scipy (measured 6e-8).
-            np.testing.assert_allclose(res.masks[b, a].numpy(), ref, rtol=0, atol=1e-6)
+            # float32 convolution against float64 scipy (measured 1.9e-7; smoothing changes the
+            # masks by 0.5).
+            np.testing.assert_allclose(res.masks[b, a].numpy(), ref, rtol=0, atol=1e-5)
     # The registered method takes the areas as a JSON list and returns the same maps.
     maps = explain("extremal", model, x, [1, 3], **json.loads(json.dumps({"areas": areas, **kw})))
-    torch.testing.assert_close(maps, res.maps, rtol=0, atol=1e-6)
+    torch.testing.assert_close(maps, res.maps, rtol=0, atol=1e-6)  # same computation (measured 0)
     spec = METHODS["extremal"]
     opt = inspect.signature(optimize).parameters
     assert spec.defaults["areas"] == inspect.signature(extremal).parameters["areas"].default
