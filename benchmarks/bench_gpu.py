@@ -26,11 +26,11 @@ import time
 import torch
 
 from paper_code import load_model
+from paper_code.experiments.tablerun import table_methods
 from paper_code.methods.hooks import forward_features
 from paper_code.methods.opticam import optimize
 from paper_code.methods.targets import ClassLogit
 from paper_code.metrics import insertion_deletion
-from paper_code.reproduce.tables import table_methods
 
 #: Cost of one map in forward-pass equivalents (one image through the network; a forward and a
 #: backward count 3), per method at its default options; ``K`` = channels of the CAM layer

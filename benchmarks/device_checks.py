@@ -12,7 +12,7 @@ rounding make their maps differ more, as the deviations page explains.
 
 What it covers beyond the CPU tests: Inductor/Triton graphs of Opti-CAM's whole iteration, of the
 metrics' forward passes and of Score-CAM on the device; no recompilation for a smaller last batch
-there; ``batch_size: auto``'s probe (:func:`paper_code.reproduce.experiments.resolve_batch_size`) and
+there; ``batch_size: auto``'s probe (:func:`paper_code.experiments.resolve_batch_size`) and
 one Opti-CAM run at the batch it picks; bf16 autocast against float32.
 """
 
@@ -26,11 +26,11 @@ import torch
 from torch._dynamo.utils import counters
 
 from paper_code import load_model
+from paper_code.experiments import resolve_batch_size
 from paper_code.methods import explain
 from paper_code.methods.opticam import optimize
 from paper_code.methods.targets import ClassLogit
 from paper_code.metrics import classification, insertion_deletion
-from paper_code.reproduce.experiments import resolve_batch_size
 
 #: Tolerances of the CPU tests (see the module docstring).
 CPU_DEVICE_TOL = 1e-3

@@ -44,7 +44,7 @@ def _hms(seconds: float) -> str:
 
 
 def report(out: Path, images: int | None, profiles: list[str]) -> str:
-    from paper_code.reproduce.notebooks import load_profile, profile_parameters
+    from paper_code.book.profiles import load_profile, profile_parameters
 
     timings = json.loads((out / "timings.json").read_text()).get("seconds") or {}
     if not timings:

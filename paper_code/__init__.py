@@ -2,11 +2,15 @@
 
 Layers (each imports only the layers below it):
 
-1. :mod:`paper_code.models`, :mod:`paper_code.data` -- networks and datasets;
+0. :mod:`paper_code.names`, :mod:`paper_code.layout`, :mod:`paper_code.repository`,
+   :mod:`paper_code.runtime` -- names, paths and settings everything may read (no torch);
+1. :mod:`paper_code.models`, :mod:`paper_code.data` -- networks and datasets (independent);
 2. :mod:`paper_code.methods` -- every explainer behind one registry;
 3. :mod:`paper_code.metrics` -- every evaluation metric of the paper;
-4. :mod:`paper_code.reproduce` -- the experiment loop, result storage and the book;
-5. :mod:`paper_code.cli` on top.
+4. :mod:`paper_code.experiments` -- the protocol run on a network and a dataset: the resumable
+   loop, result storage, tables, claim checks, the report and the sensitivity analysis;
+5. :mod:`paper_code.book` -- runs the book's notebooks and builds the site (never imports torch);
+6. :mod:`paper_code.cli` and :mod:`paper_code.finetune` on top.
 
 Main entry points:
 

@@ -68,7 +68,7 @@ def _launch(args: argparse.Namespace, argv: list[str] | None) -> int | None:
     """``--nproc N`` (N > 1): rerun this command in N processes under torchrun."""
     if (args.nproc or 1) <= 1:
         return None
-    from .reproduce import distributed
+    from .experiments import distributed
 
     if distributed.is_distributed():
         raise ValueError("--nproc is for the launching command, not inside torchrun")
@@ -77,8 +77,8 @@ def _launch(args: argparse.Namespace, argv: list[str] | None) -> int | None:
 
 
 def cmd_run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
-    from .reproduce import distributed
-    from .reproduce.notebooks import NotebookError, run_notebook
+    from .book.runner import NotebookError, run_notebook
+    from .experiments import distributed
 
     launched = _launch(args, argv)
     if launched is not None:
@@ -103,8 +103,8 @@ def cmd_run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace, argv: list[str] | None = None) -> int:
-    from .reproduce import distributed
-    from .reproduce.notebooks import reproduce
+    from .book.reproduce import reproduce
+    from .experiments import distributed
 
     launched = _launch(args, argv)
     if launched is not None:
@@ -147,7 +147,7 @@ def cmd_reproduce(args: argparse.Namespace, argv: list[str] | None = None) -> in
 
 
 def cmd_rehearse(args: argparse.Namespace) -> int:
-    from .reproduce.rehearsal import rehearse
+    from .book.rehearsal import rehearse
 
     return rehearse(
         out=args.out,
@@ -169,16 +169,17 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_urls(args: argparse.Namespace) -> int:
-    from .reproduce.publish import links
+    from .repository import links
 
     print(links(url=args.repository, notebook=args.notebook))
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from .book.profiles import list_profiles
+    from .book.toc import toc_notebooks
     from .methods import METHODS
     from .names import MODELS
-    from .reproduce.notebooks import list_profiles, toc_notebooks
 
     print("methods (id, paper name, kind, needs a layer):")
     for spec in METHODS.values():

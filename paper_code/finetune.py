@@ -58,8 +58,8 @@ from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms import functional as TF
 
 from .data import collate, load_dataset
+from .experiments.results import atomic_torch_save, atomic_write_bytes
 from .models import Classifier, checkpoint_info, load_model
-from .reproduce.results import _atomic_torch_save, _atomic_write_bytes
 
 __all__ = [
     "AUGMENTATIONS",
@@ -361,7 +361,7 @@ def _write_log(history: Sequence[dict[str, Any]], path: Path) -> None:
     w.writeheader()
     for row in history:
         w.writerow({k: row.get(k) for k in _LOG_COLUMNS})
-    _atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
+    atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
 
 
 def _better(a: dict[str, Any], b: dict[str, Any] | None) -> bool:
@@ -496,11 +496,11 @@ def finetune(
                 state = {k: v.detach().cpu() for k, v in model.net.state_dict().items()}
                 if _better(row, best):
                     best = dict(row)
-                    _atomic_torch_save(
+                    atomic_torch_save(
                         {**meta, "state_dict": state, "stage": stage, "epoch": epoch, "best": best},
                         cfg.path("-best.pt"),
                     )
-                _atomic_torch_save(
+                atomic_torch_save(
                     {
                         **meta,
                         "state_dict": state,
@@ -541,7 +541,7 @@ def _finish(
     last_path, best_path = cfg.path("-last.pt"), cfg.path("-best.pt")
     if not last_path.is_file():  # zero epochs in both stages: export the initial model
         state = {k: v.detach().cpu() for k, v in model.net.state_dict().items()}
-        _atomic_torch_save({**meta, "state_dict": state, "stage": 0, "epoch": 0}, last_path)
+        atomic_torch_save({**meta, "state_dict": state, "stage": 0, "epoch": 0}, last_path)
     ev = (cfg.batch_size, cfg.device, cfg.num_workers, cfg.progress)
     results: dict[str, Any] = {}
     for which, path in (("last", last_path), ("best", best_path)):
@@ -569,7 +569,7 @@ def _finish(
     ck["split_file"] = str(split_file) if split_file is not None else None
     ck["history"] = history
     export = cfg.path(".pt")
-    _atomic_torch_save(ck, export)
+    atomic_torch_save(ck, export)
     paper = PAPER_TEST_ACCURACY.get((cfg.dataset, cfg.model))
     summary = {
         "dataset": cfg.dataset,
@@ -584,7 +584,7 @@ def _finish(
         "split_file": ck["split_file"],
         "config": dataclasses.asdict(cfg),
     }
-    _atomic_write_bytes(
+    atomic_write_bytes(
         cfg.path(".json"), (json.dumps(summary, indent=1, default=str) + "\n").encode("utf-8")
     )
     parts = [

@@ -17,3 +17,8 @@ MODELS = (
 #: notebooks' kernels from the profile parameter ``compile_evaluation`` (``-p compile_evaluation
 #: max-autotune``). Here, not in ``methods.forward``, so that the orchestrator never imports torch.
 ENV_COMPILE = "PAPER_CODE_COMPILE"
+
+#: Set (to ``1``) in a notebook kernel's environment while the book's runner executes it
+#: (:func:`paper_code.book.runner.run_notebook`): the page is rendered by Jupyter Book, which shows
+#: the glued values in the prose (:func:`paper_code.experiments.display.glue`).
+ENV_BOOK = "PAPER_CODE_BOOK_RUN"

@@ -17,7 +17,7 @@ def smoke_book(tmp_path_factory: pytest.TempPathFactory) -> Path:
     prebuilt = os.environ.get("PAPER_CODE_SMOKE_BOOK")
     if prebuilt:
         return Path(prebuilt)
-    from paper_code.reproduce.notebooks import reproduce
+    from paper_code.book.reproduce import reproduce
 
     out = tmp_path_factory.mktemp("smoke-book")
     # Does not raise when a notebook fails: each test then reports what it finds (the failing
@@ -39,7 +39,7 @@ def rehearsal_book(tmp_path_factory: pytest.TempPathFactory) -> Path:
     prebuilt = os.environ.get("PAPER_CODE_REHEARSAL_BOOK")
     if prebuilt:
         return Path(prebuilt)
-    from paper_code.reproduce.rehearsal import rehearse
+    from paper_code.book.rehearsal import rehearse
 
     out = tmp_path_factory.mktemp("rehearsal-book")
     empty = out / "empty-caches"  # tests/test_rehearsal.py checks that nothing was written here

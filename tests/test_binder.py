@@ -1,7 +1,7 @@
 """The Binder route: ``environment.yml`` + ``postBuild``, built the way repo2docker builds them.
 
 repo2docker needs Docker and conda-forge, which these machines cannot reach: its two steps are
-emulated (paper_code.reproduce.environments) in a fresh virtual environment of the pinned Python:
+emulated (paper_code.book.environments) in a fresh virtual environment of the pinned Python:
 ``pip install`` of environment.yml's ``pip:`` section, then ``bash postBuild`` in a clone of the
 working tree. A notebook then runs there with the ``smoke`` parameters, as a Binder user would run
 it, under Binder's 2 GB memory limit (papermill and its kernel together). The GitHub workflow
@@ -20,13 +20,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from paper_code.reproduce import environments as envs
-from paper_code.reproduce.notebooks import (
-    REPO_ROOT,
-    load_profile,
-    notebook_parameters,
-    profile_parameters,
-)
+from paper_code.book import environments as envs
+from paper_code.book.profiles import load_profile, profile_parameters
+from paper_code.book.runner import notebook_parameters
+from paper_code.layout import REPO_ROOT
 
 NOTEBOOK = os.environ.get("PAPER_CODE_BINDER_NOTEBOOK", "table1")
 #: mybinder.org's memory limit for a session.

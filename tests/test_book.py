@@ -17,29 +17,23 @@ import nbformat
 import pytest
 import yaml
 
-from paper_code.reproduce import display, publish, setup_cell
-from paper_code.reproduce.notebooks import (
-    BOOK_DIR,
-    PAPER_ORDER,
-    REPO_ROOT,
-    REPRODUCTION_PAGES,
+from paper_code import repository
+from paper_code.book import setup_cell
+from paper_code.book.profiles import (
     REQUIRED_PARAMETERS,
-    TIMINGS_FILE,
-    NotebookError,
-    RunTimes,
-    is_notebook,
     list_profiles,
     load_profile,
-    notebook_parameters,
     profile_parameters,
-    publishable_notebook,
-    run_notebook,
-    toc_files,
-    toc_notebooks,
 )
-from paper_code.reproduce.notebooks import reproduce as reproduce_fn
-from paper_code.reproduce.paper import paper_table, provenance
-from paper_code.reproduce.publish import ENV_REPOSITORY
+from paper_code.book.reproduce import reproduce as reproduce_fn
+from paper_code.book.runner import NotebookError, notebook_parameters, run_notebook
+from paper_code.book.schedule import TIMINGS_FILE, RunTimes
+from paper_code.book.site import publishable_notebook
+from paper_code.book.toc import is_notebook, toc_files, toc_notebooks
+from paper_code.experiments import display
+from paper_code.experiments.paper import paper_table, provenance
+from paper_code.layout import BOOK_DIR, PAPER_ORDER, REPO_ROOT, REPRODUCTION_PAGES
+from paper_code.repository import ENV_REPOSITORY
 
 NOTEBOOK_SOURCES = sorted(p for p in BOOK_DIR.glob("*.md") if is_notebook(p))
 NOTEBOOK_IDS = [p.stem for p in NOTEBOOK_SOURCES]
@@ -123,7 +117,7 @@ def test_config() -> None:
     assert cfg["launch_buttons"]["thebe"] is False
     assert cfg["launch_buttons"]["colab_url"] and cfg["launch_buttons"]["binderhub_url"]
     sphinx = cfg["sphinx"]
-    assert "paper_code.reproduce.sphinxext" in sphinx["extra_extensions"]
+    assert "paper_code.book.sphinxext" in sphinx["extra_extensions"]
     assert sphinx["config"]["mathjax_path"] == "mathjax/tex-chtml.js"
     assert sphinx["config"]["nb_ipywidgets_js"] == {}
     for static in sphinx["config"]["html_static_path"]:
@@ -365,7 +359,7 @@ class NoTorch:  # any import of torch in this process (the orchestrator) fails l
 
 
 sys.meta_path.insert(0, NoTorch())
-from paper_code.reproduce.notebooks import reproduce
+from paper_code.book.reproduce import reproduce
 
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
 profile = {"name": "t", "parameters": {"compile_evaluation": True}, "notebooks": {}}
@@ -397,7 +391,7 @@ def test_reproduce_jobs_runs_notebooks_at_once(tmp_path: Path, capsys) -> None:
     notebooks at the same time, each process with cores/2 threads and imports this checkout's paper_code; each notebook's output goes to its
     log; a failure is reported with its log and the others still run; the rows are those of a
     one-at-a-time run (here: every notebook executed once)."""
-    from paper_code.reproduce.notebooks import job_environment
+    from paper_code.book.schedule import job_environment
 
     names = ("a", "b", "c")
     body = _CELL.format(
@@ -435,7 +429,7 @@ def test_reproduce_jobs_runs_notebooks_at_once(tmp_path: Path, capsys) -> None:
 
 
 def test_job_threads_split_the_cores() -> None:
-    from paper_code.reproduce.notebooks import job_environment
+    from paper_code.book.schedule import job_environment
 
     assert job_environment(2, cores=8)["OMP_NUM_THREADS"] == "4"
     assert job_environment(3, cores=8)["OMP_NUM_THREADS"] == "2"
@@ -446,12 +440,10 @@ def test_job_threads_split_the_cores() -> None:
 
 
 def test_every_notebook_has_the_setup_cell() -> None:
-    """Run `python -m paper_code.reproduce.setup_cell --write` after editing notebooks or the
+    """Run `python -m paper_code.book.setup_cell --write` after editing notebooks or the
     repository setting."""
     problems = setup_cell.check()
-    assert not problems, (
-        "\n".join(problems) + "\nrun: python -m paper_code.reproduce.setup_cell --write"
-    )
+    assert not problems, "\n".join(problems) + "\nrun: python -m paper_code.book.setup_cell --write"
 
 
 def test_setup_cell_writer_is_idempotent_and_keeps_pairs_in_sync(tmp_path: Path) -> None:
@@ -508,21 +500,21 @@ def test_setup_cell_is_a_noop_where_paper_code_is_installed(tmp_path: Path) -> N
     ],
 )
 def test_links_from_one_setting(url: str, pages: str, colab: bool) -> None:
-    links = publish.links(url=url, ref="main")
+    links = repository.links(url=url, ref="main")
     assert links["pages"] == pages
     assert bool(links["colab"]) == colab
     if colab:
         assert links["colab"].endswith("/blob/main/book/table1.ipynb")
         assert links["binder"].startswith("https://mybinder.org/v2/gh/")
         assert links["pip"].startswith("paper_code[book] @ git+https://github.com/")
-        assert publish.commit_url("0123456789ab+dirty", url).endswith("/commit/0123456789ab")
-    cfg = publish.site_config(publish.book_config(), url=url, ref="main")
+        assert repository.commit_url("0123456789ab+dirty", url).endswith("/commit/0123456789ab")
+    cfg = repository.site_config(repository.book_config(), url=url, ref="main")
     if pages:
         assert cfg["html"]["baseurl"] == pages and cfg["repository"]["url"].startswith("https://")
     else:  # only links that work: no repository or launch buttons
         assert "url" not in cfg["repository"] and not cfg["html"]["use_repository_button"]
         assert "colab_url" not in cfg["launch_buttons"]
-    assert publish.pip_requirement("/tmp/a-clone") == "/tmp/a-clone[book]"
+    assert repository.pip_requirement("/tmp/a-clone") == "/tmp/a-clone[book]"
 
 
 def test_urls_command() -> None:
@@ -628,7 +620,7 @@ def test_publishable_notebook_has_no_absolute_paths(tmp_path: Path) -> None:
 def test_profile_skip_leaves_notebooks_out_of_the_run_and_the_site(tmp_path: Path) -> None:
     """`sample` cannot run the transformer and medical pages offline: they are not executed and
     its site lists exactly the pages it ran (no placeholder pages); `smoke` runs every page."""
-    from paper_code.reproduce.notebooks import prepare_build_tree
+    from paper_code.book.reproduce import prepare_build_tree
 
     assert set(load_profile("sample")["skip"]) == {"table2", "tableA8", "tableA10", "tableA11"}
     assert load_profile("smoke")["skip"] == []

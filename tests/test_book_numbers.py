@@ -18,8 +18,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from paper_code.experiments.paper import paper_table
 from paper_code.methods import PAPER_NAMES
-from paper_code.reproduce.paper import paper_table
 
 pytestmark = pytest.mark.slow
 

@@ -17,9 +17,10 @@ import jupytext
 import nbformat
 import pytest
 
-from paper_code.reproduce import environments as envs
-from paper_code.reproduce.notebooks import load_profile, notebook_parameters, profile_parameters
-from paper_code.reproduce.setup_cell import SETUP_TAG, setup_source, write_notebook
+from paper_code.book import environments as envs
+from paper_code.book.profiles import load_profile, profile_parameters
+from paper_code.book.runner import notebook_parameters
+from paper_code.book.setup_cell import SETUP_TAG, setup_source, write_notebook
 
 #: The notebook run as on Colab (any notebook of the book: override to try another).
 NOTEBOOK = os.environ.get("PAPER_CODE_COLAB_NOTEBOOK", "table1")
@@ -84,7 +85,7 @@ def test_notebook_runs_on_fresh_colab_like_kernel(colab) -> None:
     assert not errors, errors
     assert list((tmp / "out").iterdir()), "the notebook wrote nothing"
     source = "\n".join(c.source for c in executed.cells)
-    if "paper_code.reproduce.display import" in source and "glue(" in source:
+    if "paper_code.experiments.display import" in source and "glue(" in source:
         # Outside the book, glued numbers are printed where the cell runs.
         printed = "".join(
             o.get("text", "")

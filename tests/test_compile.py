@@ -114,8 +114,8 @@ def test_official_mode_is_not_compiled():
 def test_opticam_option_and_cache_key():
     """``compile`` is an ordinary Opti-CAM option: ``method_options: {opticam: {compile: ...}}`` in
     a profile turns it on, and it enters the map cache key (compiled maps are cached apart)."""
+    from paper_code import experiments
     from paper_code.methods import explain
-    from paper_code.reproduce import experiments
 
     model = pc.load_model("tiny")
     x, y = batch(2)

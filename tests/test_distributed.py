@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 import paper_code as pc
-from paper_code.reproduce import distributed, experiments
-from paper_code.reproduce.results import MapCache, ResultTable
+from paper_code import experiments
+from paper_code.experiments import distributed
+from paper_code.experiments.results import MapCache, ResultTable
 
 IDS = ["chelsea", "coffee", "rocket", "camera", "china"]
 
@@ -151,7 +152,7 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
     assert not set(r0["id"]) & set(r1["id"])
 
     # the single-process reference, in this process (same code path as the notebook's cell)
-    from paper_code.reproduce.tables import TableRun
+    from paper_code.experiments.tablerun import TableRun
 
     ref_out = tmp_path / "ref"
     run = TableRun("table1", {**params, "output_dir": str(ref_out), "cache_dir": str(ref_out / "c"),
@@ -190,7 +191,7 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
 
 KERNEL = """
 import torch, torch.distributed as dist
-from paper_code.reproduce import distributed as d
+from paper_code.experiments import distributed as d
 assert d.process_group() is not None and dist.get_backend() == "gloo"
 t = torch.tensor([d.rank() + 1.0])
 dist.all_reduce(t)

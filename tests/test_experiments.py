@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 import paper_code as pc
-from paper_code.reproduce import experiments
-from paper_code.reproduce.results import MapCache, ResultTable
+from paper_code.experiments import loop as experiments
+from paper_code.experiments.results import MapCache, ResultTable
 
 
 class Interrupted(Exception):
@@ -128,11 +128,7 @@ def test_scorecam_maps_of_all_rules_come_from_one_run(tmp_path, monkeypatch):
 def test_batch_size_auto_fills_the_device_memory():
     """``batch_size: auto`` (issue 12): 80% of the free memory at the measured bytes per image, a
     multiple of 8, capped at 512; on a CPU a fixed size; ints pass through, bad values fail."""
-    from paper_code.reproduce.experiments import (
-        CPU_AUTO_BATCH,
-        batch_for_memory,
-        resolve_batch_size,
-    )
+    from paper_code.experiments import CPU_AUTO_BATCH, batch_for_memory, resolve_batch_size
 
     gib = 2**30
     assert batch_for_memory(100 * gib, 0.5 * gib) == 160  # 80 GiB / 0.5 GiB

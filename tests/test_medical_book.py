@@ -15,11 +15,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from paper_code import experiments as ex
+from paper_code.book.runner import run_notebook
+from paper_code.experiments.tablerun import table_methods
 from paper_code.finetune import finetune
 from paper_code.models import weights_identity
-from paper_code.reproduce import experiments as ex
-from paper_code.reproduce.notebooks import run_notebook
-from paper_code.reproduce.tables import table_methods
 
 CHEST_CLASSES = ("NORMAL", "PNEUMONIA")
 KVASIR_CLASSES = (

@@ -11,17 +11,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from paper_code.reproduce import experiments as ex
-from paper_code.reproduce.notebooks import (
-    REQUIRED_PARAMETERS,
-    _absolute,
-    check_parameters,
-    declared_parameters,
-    load_profile,
-    reproduce,
-    run_notebook,
-    toc_notebooks,
-)
+from paper_code import experiments as ex
+from paper_code.book.profiles import REQUIRED_PARAMETERS, load_profile
+from paper_code.book.reproduce import reproduce
+from paper_code.book.runner import _absolute, check_parameters, declared_parameters, run_notebook
+from paper_code.book.toc import toc_notebooks
 
 
 def test_a_parameter_no_page_declares_is_refused_with_the_valid_ones() -> None:

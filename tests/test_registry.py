@@ -13,10 +13,10 @@ from torch import nn
 
 import paper_code
 from paper_code import metrics
+from paper_code.experiments.paper import paper_table
+from paper_code.experiments.tablerun import table_methods
 from paper_code.methods import METHODS, PAPER_NAMES, explain
 from paper_code.methods.registry import KINDS
-from paper_code.reproduce.paper import paper_table
-from paper_code.reproduce.tables import table_methods
 
 #: Small options so each method runs in a second on a 64x64 image.
 QUICK = {
@@ -162,16 +162,19 @@ def test_registry_is_the_single_source_of_names_and_kinds():
 LAYERS = {
     "names": 0,
     "runtime": 0,
+    "layout": 0,
+    "repository": 0,
     "models": 1,
     "data": 1,
     "methods": 2,
     "metrics": 3,
     "viz": 3,
-    "reproduce": 4,
-    "finetune": 5,
-    "cli": 5,
-    "__main__": 5,
-    "__init__": 5,
+    "experiments": 4,
+    "book": 5,
+    "finetune": 6,
+    "cli": 6,
+    "__main__": 6,
+    "__init__": 6,
 }
 
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from paper_code.book.profiles import load_profile
+from paper_code.book.rehearsal import REHEARSAL_MODELS
+from paper_code.book.toc import toc_notebooks
 from paper_code.models import weights_identity
-from paper_code.reproduce.notebooks import load_profile, toc_notebooks
-from paper_code.reproduce.rehearsal import REHEARSAL_MODELS
 
 pytestmark = pytest.mark.slow
 

@@ -9,24 +9,24 @@ import inspect
 import pandas as pd
 import pytest
 
+from paper_code import experiments as ex
 from paper_code import metrics
-from paper_code.reproduce import experiments as ex
-from paper_code.reproduce.notebooks import run_order
-from paper_code.reproduce.report import (
+from paper_code.book.toc import run_order
+from paper_code.experiments.report import (
     claims_table,
     gather_claims,
     report_summary,
     sensitive_choices,
     skipped_pages,
 )
-from paper_code.reproduce.sensitivity import CHOICES, _with_override, kendall_tau
-from paper_code.reproduce.tables import (
+from paper_code.experiments.scores import (
     PROTOCOL_OPTIONS,
-    TableRun,
     insertion_deletion_scores,
     localization_scores,
     protocol_options,
 )
+from paper_code.experiments.sensitivity import CHOICES, _with_override, kendall_tau
+from paper_code.experiments.tablerun import TableRun
 
 
 def test_protocol_defaults_are_the_metrics_own() -> None:
@@ -164,7 +164,7 @@ def test_report_marks_the_choices_a_verdict_depends_on(tmp_path) -> None:
 
 
 def test_profiles_give_the_reason_of_every_skipped_page() -> None:
-    from paper_code.reproduce.notebooks import load_profile
+    from paper_code.book.profiles import load_profile
 
     for name in ("sample", "imagenet-1k", "imagenet", "rehearsal"):
         prof = load_profile(name)

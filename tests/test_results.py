@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from paper_code.reproduce.results import MapCache, ResultTable, key_hash
+from paper_code.experiments.results import MapCache, ResultTable, key_hash
 
 IDS = [f"img_{i:03d}" for i in range(10)]
 MAPS = torch.rand(10, 1, 8, 8)
@@ -141,7 +141,7 @@ def test_compute_time_is_recorded(tmp_path) -> None:
 
 _WORKER = """
 import sys, time, torch
-from paper_code.reproduce.results import MapCache
+from paper_code.experiments.results import MapCache
 root, log, tag = sys.argv[1:4]
 ids = [f"img_{i}" for i in range(6)]
 

@@ -22,8 +22,9 @@ from urllib.parse import urldefrag, urljoin, urlparse
 
 import pytest
 
-from paper_code.reproduce.notebooks import REPO_ROOT, toc_files, toc_notebooks
-from paper_code.reproduce.publish import deploy_dry_run
+from paper_code.book.publish import deploy_dry_run
+from paper_code.book.toc import toc_files, toc_notebooks
+from paper_code.layout import REPO_ROOT
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = [
@@ -218,7 +219,7 @@ def test_mathjax_served_locally(site: str) -> None:
 def test_workflow_build_step_from_executed_notebooks(smoke_book: Path, tmp_path: Path) -> None:
     """The publishing workflow's build step renders the site from executed notebooks (as committed
     or downloaded from a GPU run) without executing anything."""
-    from paper_code.reproduce.publish import build as publish_build
+    from paper_code.book.publish import build as publish_build
 
     html = publish_build("smoke", executed=smoke_book / "notebooks", out=tmp_path / "pub")
     assert html == tmp_path / "pub" / "_build" / "html"

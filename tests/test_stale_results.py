@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 import paper_code as pc
+from paper_code import experiments
+from paper_code.experiments.results import MapCache
+from paper_code.experiments.tablerun import TableRun
 from paper_code.models.cnn import TinyCNN
-from paper_code.reproduce import experiments
-from paper_code.reproduce.results import MapCache
-from paper_code.reproduce.tables import TableRun
 
 
 def _params(tmp_path, **over):

@@ -208,7 +208,7 @@ def test_variant_claims_follow_the_paper_and_the_paired_interval(tmp_path):
     """Study-table verdicts (Table 6): the claim is the paper's order (Mask/Range AG 66.3 above
     Diff/Range 18.5 for VGG16); it holds only when our paired interval excludes zero that way, is
     contradicted the other way, and is not resolved for indistinguishable variants."""
-    from paper_code.reproduce.tables import TableRun
+    from paper_code.experiments.tablerun import TableRun
 
     rng = np.random.default_rng(0)
     ids = [f"i{k}" for k in range(40)]

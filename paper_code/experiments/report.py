@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from .notebooks import PAPER_ORDER
+from ..layout import PAPER_ORDER
 
 __all__ = [
     "SENSITIVITY_CLAIMS",

@@ -43,7 +43,7 @@ def key_hash(key: Mapping[str, Any], length: int = 16) -> str:
     return hashlib.sha256(_canonical(key).encode()).hexdigest()[:length]
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -57,7 +57,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
+def atomic_torch_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -134,7 +134,7 @@ class MapCache:
                 )
         else:
             payload = json.dumps(json.loads(_canonical(key)), indent=2, sort_keys=True) + "\n"
-            _atomic_write_bytes(key_file, payload.encode())
+            atomic_write_bytes(key_file, payload.encode())
         return folder
 
     def _folder_path(self, key: Mapping[str, Any]) -> Path:
@@ -154,7 +154,7 @@ class MapCache:
         src, dst = self.folder(source), self.folder(dest)
         for x in ids:
             item = torch.load(src / f"{_file_stem(x)}.pt", map_location="cpu", weights_only=True)
-            _atomic_torch_save(item, dst / f"{_file_stem(x)}.pt")
+            atomic_torch_save(item, dst / f"{_file_stem(x)}.pt")
 
     def path(self, key: Mapping[str, Any], image_id: str) -> Path:
         return self.folder(key) / f"{_file_stem(image_id)}.pt"
@@ -194,7 +194,7 @@ class MapCache:
         stored = maps.detach().to("cpu", self.dtype)
         for x, m in zip(ids, stored):
             item = {"id": x, "map": m.clone(), "seconds": float(seconds)}
-            _atomic_torch_save(item, folder / f"{_file_stem(x)}.pt")
+            atomic_torch_save(item, folder / f"{_file_stem(x)}.pt")
 
     def get_or_compute(
         self,
@@ -329,7 +329,7 @@ class ResultTable:
 
     def for_rank(self, r: int | None = None) -> ResultTable:
         """The table this rank appends to: itself in a single process, ``<stem>.rank<r>.csv`` in a
-        sharded run (:func:`paper_code.reproduce.distributed.rank_path`), so that two processes
+        sharded run (:func:`paper_code.experiments.distributed.rank_path`), so that two processes
         never append to one file. Reading either table sees the rows of every file."""
         from .distributed import rank_path
 

@@ -26,16 +26,17 @@ import pandas as pd
 import torch
 
 from ..methods import PAPER_NAMES
-from . import experiments as ex
-from .tables import (
+from .display import rank_by_direction
+from .keys import method_options
+from .scores import (
     LOCALIZATION_METRICS,
     Score,
-    TableRun,
     insertion_deletion_scores,
     localization_scores,
     table4_scores,
     unpack_hits,
 )
+from .tablerun import TableRun
 
 __all__ = ["CHOICES", "Choice", "ChoiceResult", "evaluate", "kendall_tau"]
 
@@ -247,7 +248,7 @@ def _score(
         parts = ("AOPC", "MS", "ADCC") if default else tuple(metrics)
         if not default and (("MS" in parts and not with_ms) or ("ADCC" in parts and not with_adcc)):
             return None  # the table computes no such value for this method
-        options = ex.method_options(params, method)
+        options = method_options(params, method)
         return table4_scores(params, cache, model, method, options, with_ms, with_adcc, parts)
     if page in ("tableA7", "tableA8"):
         return localization_scores(params)
@@ -328,7 +329,7 @@ def evaluate(
                         continue
                     config = run.run(
                         model, data, cache, method, score=score,
-                        options=ex.method_options(vparams, method),
+                        options=method_options(vparams, method),
                     )  # fmt: skip
                     labels[config] = label
         per_image = run.collect()
@@ -359,7 +360,6 @@ def _compare(
     metrics: Sequence[str],
     skipped: list[str],
 ) -> ChoiceResult:
-    from .tables import _rank
 
     means = {}
     for label in choice.values:
@@ -388,7 +388,7 @@ def _compare(
                 if (m, label) not in table:
                     continue
                 other = table[(m, label)].xs(model_name, level="model")
-                r0, r1 = _rank(base.dropna(), m), _rank(other.dropna(), m)
+                r0, r1 = rank_by_direction(base.dropna(), m), rank_by_direction(other.dropna(), m)
                 taus.append(
                     {"model": model_name, "metric": m, "value": label,
                      "kendall_tau": kendall_tau(base, other),

@@ -11,7 +11,7 @@ its prose); the bookkeeping is here:
 >>> per_image = run.collect(data)                                   # doctest: +SKIP
 >>> summary = run.summarize(per_image)                              # doctest: +SKIP
 
-Rows are keyed by :func:`paper_code.reproduce.experiments.config_id` of the full configuration
+Rows are keyed by :func:`paper_code.experiments.config_id` of the full configuration
 (method options, iterations, objective, normalization, layer, target rule, weights, model form and
 the table's own settings), so rerunning with a changed parameter into the same folder computes new
 rows and never shows stale ones.
@@ -32,81 +32,18 @@ import pandas as pd
 import torch
 
 from ..methods import METHODS, PAPER_NAMES, method_for_paper_name
-from ..metrics import METRICS, classification
+from ..metrics import METRICS
 from . import distributed as _dist
-from . import experiments as ex
+from . import loop as ex
+from .display import paper_value_text
+from .keys import config_id, method_options, result_key
 from .paper import PAPER_NETWORK, paper_label, paper_table
 from .results import ResultTable
+from .scores import ScoreFn, classification_scores
+from .sources import dataset_ids
 
 # tqdm's notebook bar warns once per kernel when ipywidgets is missing (papermill kernels): harmless.
 warnings.filterwarnings("ignore", message="IProgress not found")
-
-#: Score function of a table: ``score(model, batch, maps) -> {column: [B] values}``.
-ScoreFn = Callable[[Any, "ex.Batch", torch.Tensor], Mapping[str, Any]]
-
-#: The open protocol choices of each metric (the paper leaves them to the reference code; see the
-#: book's deviations and protocol-sensitivity pages): the keyword options of the functions of
-#: :mod:`paper_code.metrics` that the ``protocol`` parameter may set, e.g.
-#: ``-p protocol '{insertion_deletion: {blur_kernel: sampled}}'``. Their defaults are the
-#: functions' own (read from the signatures, stated once).
-PROTOCOL_OPTIONS: dict[str, tuple[str, ...]] = {
-    "insertion_deletion": ("blur_kernel", "blur_padding", "substrate_space", "tie_break"),
-    "aopc": ("tie_break",),
-    "max_sensitivity": ("unperturbed_maps",),
-    "adcc": ("masking_space", "constant_maps"),
-    "localization": ("box_rule",),
-}
-
-
-def protocol_options(params: Mapping[str, Any] | None, metric: str) -> dict[str, Any]:
-    """The effective open-choice options of ``metric`` (a key of :data:`PROTOCOL_OPTIONS`): the
-    metric function's defaults, overridden by ``params["protocol"][metric]``. Every value is
-    returned, defaults included, so that the options enter the result keys whole: rows computed
-    under another value, or under an earlier default, are never reused. Unknown metrics or
-    options are refused with the valid ones."""
-    import inspect
-
-    from .. import metrics
-
-    given = (params or {}).get("protocol") or {}
-    if not isinstance(given, Mapping):
-        raise ValueError(
-            "protocol must map metric names to options, e.g. "
-            f"{{insertion_deletion: {{blur_kernel: sampled}}}}; got {given!r}"
-        )
-    unknown = sorted(set(given) - set(PROTOCOL_OPTIONS))
-    if unknown:
-        raise ValueError(
-            f"protocol names unknown metric(s) {', '.join(unknown)}; valid: "
-            f"{', '.join(PROTOCOL_OPTIONS)}"
-        )
-    if metric not in PROTOCOL_OPTIONS:
-        raise ValueError(
-            f"no protocol options for {metric!r}; valid: {', '.join(PROTOCOL_OPTIONS)}"
-        )
-    signature = inspect.signature(getattr(metrics, metric)).parameters
-    options = {k: signature[k].default for k in PROTOCOL_OPTIONS[metric]}
-    chosen = dict(given.get(metric) or {})
-    bad = sorted(set(chosen) - set(options))
-    if bad:
-        raise ValueError(
-            f"protocol option(s) {', '.join(bad)} of {metric} unknown; valid: {', '.join(options)}"
-        )
-    options.update(chosen)
-    return options
-
-
-class Score:
-    """A table's score function with the settings that change its values (``settings``, which
-    :meth:`TableRun.run` puts into the result key): a metric's options travel with the function
-    that applies them, so a page cannot compute with one value and key its rows with another."""
-
-    def __init__(self, fn: ScoreFn, **settings: Any) -> None:
-        self.fn, self.settings = fn, settings
-
-    def __call__(self, model, batch, maps) -> Mapping[str, Any]:
-        return self.fn(model, batch, maps)
-
 
 #: The paper's network name of each model family column (Tables 2, 3 and A.8 use the transformers).
 TRANSFORMER_NETWORK = {
@@ -114,20 +51,14 @@ TRANSFORMER_NETWORK = {
     "deit_base_patch16_224": "deit_b",
     "vit_tiny": "vit_b",  # the test ViT is shown against ViT-B
 }
+
+
 #: The networks of ours whose numbers the paper reports, per dataset (App. E: fine-tuned CNNs).
 PAPER_MODELS = {
     "imagenet": ("resnet50", "vgg16_bn", *TRANSFORMER_NETWORK),
     "chestxray": ("resnet50", "vgg16_bn"),
     "kvasir": ("resnet50", "vgg16_bn"),
 }
-
-
-def arrow(metric: str) -> str:
-    """↑ or ↓ from the metric's declared direction (:data:`paper_code.metrics.METRICS`)."""
-    info = METRICS.get(metric)
-    if info is None:
-        return ""
-    return "↑" if info.direction == "higher" else "↓"
 
 
 def paper_network(model_name: str) -> str:
@@ -158,12 +89,6 @@ def table_methods(
         if selected is None or mid in selected:
             ids.append(mid)
     return ids, missing
-
-
-def classification_scores(model, batch, maps) -> dict[str, torch.Tensor]:
-    """AD (eq. 13), AI (eq. 14) and AG (eq. 15), in %, of the ground-truth class."""
-    r = classification(model, batch.images, maps, batch.labels)
-    return {m: r[m] for m in ("AD", "AG", "AI")}
 
 
 class TableRun:
@@ -236,7 +161,7 @@ class TableRun:
 
     def options(self, method: str, iterations: int | None = None) -> dict[str, Any]:
         """Options of ``method`` in the notebooks (:func:`experiments.method_options`)."""
-        return ex.method_options(self.params, method, iterations)
+        return method_options(self.params, method, iterations)
 
     # ------------------------------------------------------------------ rows
     def run(
@@ -262,10 +187,10 @@ class TableRun:
         """
         options = dict(self.options(method) if options is None else options)
         settings = {"variant": variant, **getattr(score, "settings", {}), **dict(settings or {})}
-        key = ex.result_key(model, method, target_rule, options, **settings)
+        key = result_key(model, method, target_rule, options, **settings)
         if key_extra:
             key["extra"] = dict(key_extra)
-        config = ex.config_id(key)
+        config = config_id(key)
         self.configs[config] = key
         score = score or classification_scores
         tag = {"model": model.name, "method": method, "variant": variant, "config": config}
@@ -328,7 +253,7 @@ class TableRun:
         df["variant"] = df["variant"].fillna("")
         df = df[df["config"].isin(self.configs)]
         if data is not None:
-            df = df[df["id"].isin(set(ex.dataset_ids(data)))]
+            df = df[df["id"].isin(set(dataset_ids(data)))]
         df = df.drop_duplicates(subset=["config", "id"], keep="last")
         return df.reset_index(drop=True)
 
@@ -488,9 +413,9 @@ class TableRun:
                 claim = f"Opti-CAM is not the best on {m} (paper: {paper_best}){claim_of}"
                 # The claim holds when the best baseline beats Opti-CAM.
                 v = verdict(-hi, -lo, info.direction)
-            evidence = f"Opti-CAM {_paper_value(paper_value['Opti-CAM'])}"
+            evidence = f"Opti-CAM {paper_value_text(paper_value['Opti-CAM'])}"
             if paper_best is not None:
-                evidence += f", {paper_best} {_paper_value(paper_value[paper_best])}"
+                evidence += f", {paper_best} {paper_value_text(paper_value[paper_best])}"
             out.append(
                 {
                     "metric": m,
@@ -550,8 +475,8 @@ class TableRun:
                         verdict(-hi, -lo, info.direction),
                     )
                 evidence = (
-                    f"{reference} {_paper_value(paper_m[reference])}, "
-                    f"{v} {_paper_value(paper_m[v])} ({ref['network'].iloc[0]})"
+                    f"{reference} {paper_value_text(paper_m[reference])}, "
+                    f"{v} {paper_value_text(paper_m[v])} ({ref['network'].iloc[0]})"
                 )
                 out.append(
                     {"metric": m, "claim": claim, "baseline": v, "difference": d, "low": lo,
@@ -622,358 +547,3 @@ class TableRun:
         """Whether our numbers can be subtracted from the paper's: the paper's network on the
         paper's data (:data:`PAPER_MODELS`; on the medical datasets, our fine-tuned checkpoint)."""
         return model_name in PAPER_MODELS.get(str(self.params.get("dataset")), ())
-
-
-#: Digits shown per metric (ratios and log-ratios need two).
-DIGITS = {"MS": 2, "SM": 2, "T": 2}
-
-
-def with_interval(summary: pd.DataFrame, metric: str, digits: int | None = None) -> pd.Series:
-    """Compact ``mean±h`` strings of a summary column, ``h`` half the width of its 95% bootstrap
-    interval (the exact bounds are the ``<metric>_lo``/``_hi`` columns of the summary CSV);
-    NaN-safe, the plain mean where there is no interval."""
-    digits = DIGITS.get(metric, 1) if digits is None else digits
-
-    def fmt(row):
-        v = row[metric]
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            return "–"
-        lo, hi = row.get(f"{metric}_lo"), row.get(f"{metric}_hi")
-        if lo is None or (isinstance(lo, float) and math.isnan(lo)):
-            return f"{v:.{digits}f}"
-        return f"{v:.{digits}f}±{(hi - lo) / 2:.{digits}f}"
-
-    return summary.apply(fmt, axis=1)
-
-
-def _paper_value(v: float, digits: int = 2) -> str:
-    return "–" if pd.isna(v) else f"{v:.{digits}f}".rstrip("0").rstrip(".")
-
-
-def _rank(values: pd.Series, metric: str) -> pd.Series:
-    """Rank 1 = best, by the metric's direction."""
-    info = METRICS.get(metric)
-    ascending = info is not None and info.direction == "lower"
-    return values.rank(ascending=ascending, method="min")
-
-
-def beside_paper(
-    summary: pd.DataFrame,
-    ref: pd.DataFrame,
-    metrics: Sequence[str],
-    on: Sequence[str] = ("method",),
-    comparable: bool = False,
-    paper_only: Sequence[str] = (),
-) -> pd.DataFrame:
-    """Our means (with 95% intervals) beside the paper's values, one row per ``on`` key in the
-    paper's row order (then ours that the paper lacks).
-
-    ``ref`` holds the paper's tidy rows of one network. If ``comparable`` (the paper's network and
-    data), a ``diff`` column per metric gives ours minus the paper's; otherwise the ranks of the
-    method among those both tables have (``rank``: ours/paper), since a difference between another
-    network on a few photos and the paper's ResNet50 on 50,000 images means nothing. Rows listed in
-    ``paper_only`` (methods ``paper_code`` cannot compute) are marked.
-    """
-    on = list(on)
-    ours = summary.set_index(on)
-    order = list(dict.fromkeys(zip(*(ref[c] for c in on))))
-    keys = [k if isinstance(k, tuple) else (k,) for k in ours.index]
-    order += [k for k in keys if k not in order]
-    idx = pd.MultiIndex.from_tuples(order, names=on)
-    if len(on) == 1:
-        ours.index = pd.MultiIndex.from_tuples([(k,) for k in ours.index], names=on)
-    pivot = ref.pivot_table(index=on, columns="metric", values="value", aggfunc="first")
-    if len(on) == 1:
-        pivot.index = pd.MultiIndex.from_tuples([(k,) for k in pivot.index], names=on)
-    cols: dict[tuple[str, str], Any] = {}
-    for m in metrics:
-        label = f"{m} {arrow(m)}".strip()
-        mine = ours[m].reindex(idx) if m in ours else pd.Series(math.nan, index=idx)
-        theirs = pivot[m].reindex(idx) if m in pivot else pd.Series(math.nan, index=idx)
-        shown = with_interval(ours.reindex(idx), m) if m in ours else pd.Series("–", index=idx)
-        # One cell per metric, "ours±h (paper)": the compact layout that fits the page.
-        cols[(label, "ours (paper)")] = [f"{a} ({_paper_value(b)})" for a, b in zip(shown, theirs)]
-        if comparable:
-            cols[(label, "diff")] = (mine - theirs).map(lambda v: "" if pd.isna(v) else f"{v:+.1f}")
-        else:
-            both = mine.notna() & theirs.notna()
-            r_ours = _rank(mine[both], m).reindex(idx)
-            r_paper = _rank(theirs[both], m).reindex(idx)
-            cols[(label, "rank")] = [
-                "" if pd.isna(a) else f"{int(a)}/{int(b)}" for a, b in zip(r_ours, r_paper)
-            ]
-    res = pd.DataFrame(cols, index=idx)
-    res.columns = pd.MultiIndex.from_tuples(res.columns, names=["metric", ""])
-    if paper_only:
-        res.index = pd.MultiIndex.from_tuples(
-            [(f"{k[0]} (paper only)" if k[0] in paper_only else k[0], *k[1:]) for k in res.index],
-            names=on,
-        )
-    if len(on) == 1:
-        res.index = res.index.get_level_values(0)
-    return res
-
-
-def ranking_agreement(
-    summary: pd.DataFrame, ref: pd.DataFrame, metrics: Sequence[str], on: str = "method"
-) -> pd.DataFrame:
-    """Per metric: Kendall τ between our ranking of the methods and the paper's (on the methods
-    both have), and Opti-CAM's rank in each."""
-    from scipy.stats import kendalltau
-
-    rows = []
-    for m in metrics:
-        if m not in summary:
-            continue
-        mine = summary.set_index(on)[m].dropna()
-        theirs = ref[ref["metric"] == m].set_index(on)["value"].dropna()
-        theirs = theirs[~theirs.index.duplicated()]
-        common = mine.index.intersection(theirs.index)
-        if len(common) < 3:
-            continue
-        tau = kendalltau(mine[common], theirs[common]).statistic
-        ro, rp = _rank(mine[common], m), _rank(theirs[common], m)
-        rows.append(
-            {
-                "metric": m,
-                "methods": len(common),
-                "kendall_tau": float(tau),
-                "opticam_rank_ours": int(ro["Opti-CAM"]) if "Opti-CAM" in ro else None,
-                "opticam_rank_paper": int(rp["Opti-CAM"]) if "Opti-CAM" in rp else None,
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def headline(claims: pd.DataFrame, agreement: pd.DataFrame | None = None) -> str:
-    """One generated sentence: which of the paper's claims hold on this run and which do not."""
-    if claims is None or claims.empty:
-        return "No claim of the paper can be checked with the rows of this run."
-    parts = []
-    for v, word in (
-        ("holds", "hold"),
-        ("contradicted", "are contradicted"),
-        ("not resolved on this data", "are not resolved on this data"),
-    ):
-        sel = claims[claims["verdict"] == v]
-        if len(sel):
-            parts.append(f"{word}: " + "; ".join(sel["claim"]))
-    text = (
-        f"Of the paper's {len(claims)} claims checked here (paired 95% bootstrap "
-        "intervals over images), " + " — ".join(parts) + "."
-    )
-    if agreement is not None and not agreement.empty:
-        taus = ", ".join(f"{r.metric} τ = {r.kendall_tau:+.2f}" for r in agreement.itertuples())
-        text += f" Agreement of our ranking of the methods with the paper's: {taus}."
-    return text
-
-
-def show(frame: pd.DataFrame, caption: str, metrics_per_table: int | None = None) -> None:
-    """Display a comparison table compactly (no wrapping inside cells); with ``metrics_per_table``
-    the metric column groups are split over several tables so that each fits the page."""
-    from IPython.display import display
-
-    groups = (
-        list(dict.fromkeys(frame.columns.get_level_values(0))) if frame.columns.nlevels > 1 else []
-    )
-    if metrics_per_table and len(groups) > metrics_per_table:
-        for k in range(0, len(groups), metrics_per_table):
-            part = groups[k : k + metrics_per_table]
-            show(frame.loc[:, frame.columns.get_level_values(0).isin(part)],
-                 f"{caption} ({', '.join(map(str, part))})")  # fmt: skip
-        return
-
-    styler = (
-        frame.style.format(precision=1, na_rep="–")
-        .set_caption(caption)
-        .set_table_styles(
-            [{"selector": "th, td", "props": "white-space: nowrap; padding: 0 0.4em"}]
-        )
-    )
-    display(styler)
-
-
-def curve_points(id_step: int, points: int = 29) -> list[int]:
-    """Evenly spaced step indices of the insertion/deletion curves kept per image."""
-    n_steps = -(-224 * 224 // id_step)
-    return [round(k * n_steps / (points - 1)) for k in range(points)]
-
-
-def insertion_deletion_scores(
-    id_step: int = 224,
-    params: Mapping[str, Any] | None = None,
-    modes: Sequence[str] = ("I", "D"),
-) -> Score:
-    """Score function of Table 3 (and Fig. 3, Table A.11): insertion/deletion (%) of the class
-    predicted on the clean image, plus 29 evenly spaced points of each curve (columns ``I_p00``
-    ... ``D_p28``), under the ``protocol`` parameter's options of ``insertion_deletion``
-    (:func:`protocol_options`); ``modes`` restricts it to insertion or deletion."""
-    from ..metrics import insertion_deletion
-
-    points = curve_points(id_step)
-    options = protocol_options(params, "insertion_deletion")
-    modes = tuple(modes)
-
-    def score(model, batch, maps):
-        r = insertion_deletion(
-            model, batch.images, maps, step=id_step, return_curves=True, modes=modes, **options
-        )
-        out = {m: r[m] for m in modes}
-        for m in modes:
-            for k, t in enumerate(points):
-                out[f"{m}_p{k:02d}"] = r[f"{m}_curve"][:, t]
-        return out
-
-    settings: dict[str, Any] = {"id_step": id_step, "insertion_deletion": options}
-    if modes != ("I", "D"):
-        settings["modes"] = list(modes)
-    return Score(score, **settings)
-
-
-# ---------------------------------------------------------------------- localization (A.7, A.8)
-
-#: Localization metrics of Tables A.7 and A.8, in the paper's column order.
-LOCALIZATION_METRICS = ["OM", "LE", "F1", "BoxAcc", "SP", "EP", "SM"]
-
-
-def _hit_shape() -> tuple[int, int]:
-    from ..metrics.localization import DELTAS, ETAS
-
-    return (len(ETAS), len(DELTAS))
-
-
-def pack_hits(hits: torch.Tensor) -> str:
-    """A per-image BoxAcc hit table ``[n_eta, n_delta]`` (bool) as a hex string for a CSV cell."""
-    import numpy as np
-
-    return np.packbits(hits.cpu().numpy().reshape(-1)).tobytes().hex()
-
-
-def unpack_hits(text: str) -> torch.Tensor:
-    """Inverse of :func:`pack_hits`."""
-    import numpy as np
-
-    shape = _hit_shape()
-    bits = np.unpackbits(np.frombuffer(bytes.fromhex(text), dtype=np.uint8))
-    return torch.from_numpy(bits[: int(np.prod(shape))].reshape(shape).astype(bool))
-
-
-def localization_scores(params: Mapping[str, Any] | None = None) -> Score:
-    """Score function of Tables A.7/A.8: OM, LE, F1, SP, EP, SM, P, R, IoU per image (NaN for images
-    without a usable box), whether the image is valid, and its packed BoxAcc hit table, under the
-    ``protocol`` parameter's options of ``localization`` (:func:`protocol_options`)."""
-    from ..metrics.localization import box_crop_probs, localization
-
-    options = protocol_options(params, "localization")
-
-    def score(model, batch, maps) -> dict[str, Any]:
-        labels = batch.labels
-        predicted = batch.logits.argmax(1)
-        r = localization(
-            maps,
-            batch.boxes,
-            pred_correct=(predicted == labels).cpu(),
-            probs=lambda boxes: box_crop_probs(model, batch.images, boxes, labels),
-            **options,
-        )
-        valid = r["valid"].bool()
-        out: dict[str, Any] = {
-            k: torch.where(valid, r[k].double().cpu(), math.nan)
-            for k in ("OM", "LE", "F1", "SP", "EP", "SM", "P", "R", "IoU")
-        }
-        out["valid"] = valid.double()
-        out["n_boxes"] = torch.tensor([float(len(b)) for b in batch.boxes])
-        out["box_hits"] = [pack_hits(h) for h in r["box_hits"]]
-        return out
-
-    return Score(score, localization=options)
-
-
-def table4_scores(
-    params: Mapping[str, Any],
-    cache,
-    model,
-    method: str,
-    options: Mapping[str, Any],
-    with_ms: bool = True,
-    with_adcc: bool = True,
-    parts: Sequence[str] = ("AOPC", "MS", "ADCC"),
-) -> Score:
-    """Score function of Table 4: per image AOPC (Samek et al., Quantus' region perturbation:
-    patch 14, 10 regions) and Max-Sensitivity (Quantus: radius 0.2, ``ms_samples`` samples) of
-    the ground-truth class's maps, and ADCC with the maps of the predicted class (Poppi et al.;
-    reused from the cache where the prediction is the label), with its parts.
-
-    ``params``: the page's ``ms_samples``, ``ms_normalize_by``, ``aopc_aggregation``, ``seed``,
-    ``batch_size`` and the ``protocol`` options of ``aopc``, ``max_sensitivity`` and ``adcc``;
-    the metrics re-explain with ``method`` and ``options`` (:func:`paper_code.explain`, which turns
-    gradients on for the methods that need them). ``parts``: the metrics to compute (the others
-    are NaN; the protocol-sensitivity page recomputes only the one a choice moves)."""
-    from .. import metrics
-    from ..methods import explain
-
-    samples = int(params.get("ms_samples") or 10)
-    normalize_by = params.get("ms_normalize_by") or "explanation"
-    aggregation = params.get("aopc_aggregation") or "samek"
-    seed = int(params.get("seed") or 0)
-    batch_size = ex.resolve_batch_size(params.get("batch_size"), model, params.get("device", "cpu"))
-    opts = {m: protocol_options(params, m) for m in ("aopc", "max_sensitivity", "adcc")}
-
-    def explainer(x, c):
-        return explain(method, model, x, c, **options)
-
-    parts = tuple(parts)
-    unknown = sorted(set(parts) - {"AOPC", "MS", "ADCC"})
-    if unknown:
-        raise ValueError(f"unknown Table 4 part(s) {unknown}; valid: AOPC, MS, ADCC")
-
-    def score(model, batch, gt_maps):
-        labels, predicted = batch.labels, batch.logits.argmax(1)
-        nan = torch.full((len(batch.ids),), math.nan)
-        aopc = nan
-        if "AOPC" in parts:
-            aopc = metrics.aopc(model, batch.images, gt_maps, labels, patch=14, regions=10,
-                                aggregation=aggregation, **opts["aopc"])["AOPC"]  # fmt: skip
-        ms = nan
-        if with_ms and "MS" in parts:
-            ms = metrics.max_sensitivity(
-                explainer, batch.images, labels, radius=0.2, samples=samples, seed=seed,
-                maps=gt_maps, batch_size=batch_size, normalize_by=normalize_by,
-                **opts["max_sensitivity"],
-            )  # fmt: skip
-        a = dict.fromkeys(("ADCC", "coherency", "complexity", "AD"), nan)
-        if with_adcc and "ADCC" in parts:
-            pred_maps, _ = ex.cached_maps(cache, model, method, batch, "most_probable", options)
-            a = metrics.adcc(model, explainer, batch.images, pred_maps, predicted,
-                             batch_size=batch_size, **opts["adcc"])  # fmt: skip
-        return {"AOPC": aopc, "MS": ms, "ADCC": a["ADCC"], "coherency": a["coherency"],
-                "complexity": a["complexity"], "AD_pred": a["AD"]}  # fmt: skip
-
-    settings: dict[str, Any] = {
-        "ms_samples": samples if with_ms else 0,
-        "ms_normalize_by": normalize_by,
-        "aopc_aggregation": aggregation,
-        "adcc": with_adcc,
-        **opts,
-    }
-    if parts != ("AOPC", "MS", "ADCC"):
-        settings["parts"] = list(parts)
-    return Score(score, **settings)
-
-
-def localization_summary(run: TableRun, per_image: pd.DataFrame) -> pd.DataFrame:
-    """Means with intervals of the per-image localization metrics and BoxAcc (MaxBoxAccV2, from the
-    pooled hit tables of the valid images; a dataset-level maximum, so no interval)."""
-    from ..metrics.localization import box_accuracy
-
-    valid = per_image[per_image["valid"] > 0]
-    summary = run.summarize(valid, by=("model", "method"))
-    acc = {}
-    for (model_name, method), d in valid.groupby(["model", "method"], sort=False):
-        hits = torch.stack([unpack_hits(h) for h in d["box_hits"]])
-        acc[(model_name, PAPER_NAMES.get(method, method))] = float(box_accuracy(hits)["BoxAcc"])
-    summary["BoxAcc"] = [
-        acc.get((m, meth), math.nan) for m, meth in zip(summary["model"], summary["method"])
-    ]
-    summary.to_csv(run.out / f"{run.name}_summary.csv", index=False)
-    return summary

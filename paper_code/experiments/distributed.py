@@ -5,11 +5,11 @@ notebook with papermill (the kernel inherits ``RANK``, ``WORLD_SIZE``, ``LOCAL_R
 ``MASTER_ADDR`` and ``MASTER_PORT``), so inside the kernel:
 
 - :func:`shard` keeps every N-th image of the dataset order (deterministic, disjoint, balanced:
-  shard sizes differ by at most one), and :func:`paper_code.reproduce.experiments.run_rows`
+  shard sizes differ by at most one), and :func:`paper_code.experiments.run_rows`
   computes only the images of its rank;
 - per-image rows go to a per-rank file (``<name>_rows.rank<r>.csv``, :func:`rank_path`; a single
   process keeps writing ``<name>_rows.csv``), so two processes never append to one CSV; readers
-  (:class:`~paper_code.reproduce.results.ResultTable`) merge the base file and every rank file, so
+  (:class:`~paper_code.experiments.results.ResultTable`) merge the base file and every rank file, so
   the done-check sees the images of every rank and of earlier runs with any N;
 - the map cache needs nothing: one atomically written file per image;
 - :func:`barrier` (on the rendezvous store of torchrun, see below) ends every ``run_rows`` and
@@ -34,7 +34,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -52,7 +52,6 @@ __all__ = [
     "rank",
     "rank_path",
     "rank_paths",
-    "run_notebooks",
     "serve_store",
     "shard",
     "torchrun_command",
@@ -328,57 +327,6 @@ def strip_option(argv: Sequence[str], option: str, takes_value: bool = True) -> 
             continue
         out.append(a)
     return out
-
-
-def run_notebooks(
-    profile: str | os.PathLike[str] | Mapping[str, Any] = "sample",
-    out: str | os.PathLike[str] | None = None,
-    only: Sequence[str] | None = None,
-    parameters: Mapping[str, Any] | None = None,
-) -> int:
-    """What every rank of a sharded ``reproduce`` does: execute the notebooks of the table of
-    contents in order, with ``reproduce``'s parameters (its resolution of ``out`` and
-    ``cache_dir``), into ``<out>/notebooks`` on rank 0 and ``<out>/ranks/rank<r>/notebooks``
-    on the others. A notebook that fails on one rank is reported to the others (:func:`abort`),
-    whose barriers in that notebook then fail too instead of waiting; the next notebooks run.
-    Returns 1 if a notebook failed on this rank. Rank 0 then builds the site
-    (``reproduce(..., execute=False)``)."""
-    from .notebooks import (
-        NotebookError,
-        check_parameters,
-        declared_parameters,
-        resolve_run,
-        run_notebook,
-        run_order,
-        toc_notebooks,
-    )
-
-    prof, out_dir = resolve_run(profile, out, parameters)
-    executed = rank_dir(out_dir) / "notebooks"
-    skip = set(prof.get("skip") or ())  # the profile's skipped pages, as in ``reproduce``
-    todo = [s for s in toc_notebooks() if s.stem not in skip and (not only or s.stem in only)]
-    order = run_order([s.stem for s in todo])
-    todo.sort(key=lambda s: order.index(s.stem))
-    unknown = set(only or ()) - {s.stem for s in todo}
-    if unknown:
-        raise ValueError(f"not in the table of contents: {sorted(unknown)}")
-    check_parameters(parameters, declared_parameters(todo))
-    failed = 0
-    tag = f"rank {rank()}/{world_size()}"
-    for i, src in enumerate(todo, 1):
-        t0 = time.perf_counter()
-        try:
-            with notebook_scope(src.stem):
-                run_notebook(src, None, executed, profile=prof, progress=False)
-            print(f"[{i}/{len(todo)}] {src.stem} ok ({tag}, {time.perf_counter() - t0:.0f} s)",
-                  flush=True)  # fmt: skip
-        except NotebookError as err:
-            failed += 1
-            abort(str(err), src.stem)
-            print(
-                f"[{i}/{len(todo)}] {src.stem} FAILED ({tag}): {err}", file=sys.stderr, flush=True
-            )
-    return 1 if failed else 0
 
 
 _bind_device()

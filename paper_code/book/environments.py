@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from .notebooks import REPO_ROOT
+from ..layout import REPO_ROOT
 
 __all__ = [
     "PeakMemory",

@@ -20,12 +20,14 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ..data import collate, load_dataset
-from ..methods import explain, get_method
+from ..data import collate
+from ..methods import explain
 from ..methods.cams import scorecam_classes
 from ..models import Classifier, load_model
 from . import distributed as _dist
+from .keys import map_key, model_weights
 from .results import MapCache, ResultTable, key_hash
+from .sources import MEDICAL_DATASETS, checkpoint_path, dataset_ids, open_dataset
 
 #: How the class to explain is chosen (Table A.9 uses the last four).
 TARGET_RULES = ("ground_truth", "most_probable", "second_most_probable", "least_probable")
@@ -42,152 +44,10 @@ class Batch:
     logits: torch.Tensor  # [B, C] of the clean images
 
 
-#: The paper's medical datasets (App. E) -> their name in the paper's tables (``dataset`` column).
-MEDICAL_DATASETS = {"chestxray": "chest_xray", "kvasir": "kvasir"}
-#: The paper's fine-tuned networks on them.
-MEDICAL_MODELS = ("resnet50", "vgg16_bn")
-
-
-def medical_root(params: Mapping[str, Any], dataset: str) -> str | None:
-    """The data folder of a medical ``dataset``: ``medical_root[dataset]`` (a dict parameter; a
-    plain folder serves both datasets), else ``root`` when the ``dataset`` parameter names it."""
-    roots = params.get("medical_root")
-    if isinstance(roots, Mapping):
-        root = roots.get(dataset)
-    else:  # one folder holding both trees (each loader finds its own below it)
-        root = roots
-    if not root and params.get("dataset") == dataset:
-        root = params.get("root")
-    return str(root) if root else None
-
-
-def checkpoint_path(params: Mapping[str, Any], dataset: str, model_name: str) -> str | None:
-    """The fine-tuned checkpoint of ``model_name`` on ``dataset`` named by the ``checkpoints``
-    parameter: a dict ``{"<dataset>-<model>": path}`` or the folder ``python -m paper_code
-    finetune --out`` wrote (holding ``<dataset>-<model>.pt``). ``None`` when not given."""
-    given = params.get("checkpoints")
-    if not given:
-        return None
-    if isinstance(given, Mapping):
-        path = given.get(f"{dataset}-{model_name}")
-        return str(path) if path else None
-    return str(Path(str(given)) / f"{dataset}-{model_name}.pt")
-
-
-def medical_plan(params: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Every (dataset, model) of the medical tables and whether it can run with these parameters:
-    the paper's four pairs (:data:`MEDICAL_DATASETS` x :data:`MEDICAL_MODELS`), then any other
-    ``<dataset>-<model>`` key of ``checkpoints``. Each entry: ``dataset``, ``model``, ``root``,
-    ``checkpoint`` and ``missing`` (empty when both the data folder and the checkpoint exist, else
-    what is missing, in words)."""
-    pairs = [(d, m) for d in MEDICAL_DATASETS for m in MEDICAL_MODELS]
-    given = params.get("checkpoints")
-    if isinstance(given, Mapping):
-        for key in given:
-            d, _, m = str(key).partition("-")
-            if d in MEDICAL_DATASETS and m and (d, m) not in pairs:
-                pairs.append((d, m))
-    plan = []
-    for d, m in pairs:
-        root, ckpt = medical_root(params, d), checkpoint_path(params, d, m)
-        missing = []
-        if not root:
-            missing.append("no data folder given (parameter medical_root)")
-        elif not Path(root).exists():
-            missing.append(f"data folder {root} does not exist")
-        if not ckpt:
-            missing.append("no fine-tuned checkpoint given (parameter checkpoints)")
-        elif not Path(ckpt).is_file():
-            missing.append(f"checkpoint {ckpt} does not exist")
-        plan.append(
-            {
-                "dataset": d,
-                "model": m,
-                "root": root,
-                "checkpoint": ckpt,
-                "missing": "; ".join(missing),
-            }
-        )
-    return plan
-
-
-def _open_medical(name: str, params: Mapping[str, Any], checkpoint: str | None):
-    """Test split of Chest X-ray or Kvasir; Kvasir's split is the one the checkpoint was
-    fine-tuned with (the split file it records, else the same seed)."""
-    root = medical_root(params, name)
-    if not root or not Path(root).exists():
-        raise FileNotFoundError(
-            f"dataset {name!r} needs its data folder, got {root!r}; pass "
-            f"-p medical_root '{{{name}: /path/to/data}}' (see the 'Reproducing the results' page)"
-        )
-    kw: dict[str, Any] = {"root": root, "split": params.get("split") or "test"}
-    n = params.get("n_images")
-    if n:  # a seeded subset of the test set
-        kw["subset"] = int(n)
-    if name == "chestxray":
-        kw["seed"] = int(params.get("seed", 0))
-    else:
-        split_seed, split_file = int(params.get("split_seed") or 0), None
-        if checkpoint is not None:
-            from ..models import checkpoint_info
-
-            info = checkpoint_info(checkpoint)
-            split_seed = int((info.get("config") or {}).get("split_seed", split_seed))
-            split_file = info.get("split_file")
-        kw["seed"] = split_seed
-        if split_file and Path(split_file).is_file():
-            kw["split_file"] = split_file
-        else:  # recomputed from the file names and the seed (deterministic), kept beside the rows
-            kw["index_dir"] = params.get("output_dir") or "_build/results"
-    return load_dataset(name, **kw)
-
-
-def open_dataset(params: Mapping[str, Any], checkpoint: str | None = None):
-    """The dataset named by notebook parameters ``dataset``, ``root``, ``n_images`` and ``seed``.
-
-    The medical datasets (:data:`MEDICAL_DATASETS`) open their test split (``split`` parameter)
-    from :func:`medical_root`; for Kvasir, ``checkpoint`` (a fine-tuned checkpoint) gives the
-    split it was fine-tuned with."""
-    name = params.get("dataset", "sample")
-    root = params.get("root")
-    n = params.get("n_images")
-    if name in MEDICAL_DATASETS:
-        return _open_medical(name, params, checkpoint)
-    if name == "sample":
-        ds = load_dataset("sample")
-        if n and int(n) < len(ds):  # the first n photos, in the order of sample_images.json
-            ds = load_dataset("sample", ids=ds.ids[: int(n)])
-        return ds
-    if not root or str(root).startswith("/path/to") or not Path(str(root)).exists():
-        raise FileNotFoundError(
-            f"dataset {name!r} needs root=<folder>, got {root!r}; pass -p root /path/to/ILSVRC2012/val "
-            "(see the 'Reproducing the results' page)"
-        )
-    kw: dict[str, Any] = {"root": root}
-    if n:  # a seeded subset (the paper does not say how its 1000 images were drawn)
-        kw.update(subset=int(n), seed=int(params.get("seed", 0)))
-    return load_dataset(name, **kw)
-
-
-def dataset_ids(dataset) -> list[str]:
-    """Image ids of a dataset (or a ``Subset`` of one) without decoding any image."""
-    return _ids(dataset)
-
-
-def _ids(dataset) -> list[str]:
-    base = dataset
-    idx = None
-    if isinstance(dataset, torch.utils.data.Subset):
-        base, idx = dataset.dataset, list(dataset.indices)
-    ids = getattr(base, "ids", None)
-    if ids is None:
-        return [dataset[i]["id"] for i in range(len(dataset))]
-    ids = list(ids)
-    return [ids[i] for i in idx] if idx is not None else ids
-
-
 #: ``batch_size: auto`` on a CPU (memory rarely binds there; speed per image is flat from 4 to 16).
 CPU_AUTO_BATCH = 8
+
+
 #: Measured ``auto`` batch sizes per (network, device), so a notebook probes once.
 _AUTO_BATCH: dict[tuple[str, str, bool, str], int] = {}
 
@@ -266,7 +126,7 @@ def batches(
     """Yield :class:`Batch` chunks of ``dataset`` (images whose id is in ``skip`` are left out);
     ``batch_size`` may be ``"auto"`` (:func:`resolve_batch_size`)."""
     batch_size = resolve_batch_size(batch_size, model, device)
-    ids = _ids(dataset)
+    ids = dataset_ids(dataset)
     todo = [i for i, x in enumerate(ids) if x not in skip]
     for start in range(0, len(todo), batch_size):
         items = [dataset[i] for i in todo[start : start + batch_size]]
@@ -291,63 +151,6 @@ def target_classes(batch: Batch, rule: str = "ground_truth") -> torch.Tensor:
     if rule == "least_probable":
         return order[:, -1]
     raise ValueError(f"unknown target rule {rule!r}; valid: {', '.join(TARGET_RULES)}")
-
-
-def model_key(model: Classifier) -> dict:
-    """What identifies the network a result came from: architecture, weights, inference form and
-    whether it standardizes its input (Table A.14 switches that off)."""
-    return {
-        "model": model.name,
-        "weights": getattr(model, "weights_id", "unknown"),
-        "fused": bool(getattr(model, "fused", False)),
-        "standardized": bool(model.standardize.enabled),
-    }
-
-
-def method_options(
-    params: Mapping[str, Any], method: str, iterations: int | None = None
-) -> dict[str, Any]:
-    """The options a notebook passes to ``method``: Opti-CAM's iteration count (``iterations``, or
-    the given one) and whatever the ``method_options`` parameter sets for it (e.g. fewer LIME samples
-    in the ``smoke`` profile, ``{"lime": {"num_samples": 50}}``). Every option enters the cache key."""
-    options: dict[str, Any] = {}
-    if method == "opticam":
-        options["iterations"] = int(iterations or params.get("iterations") or 100)
-    options.update((params.get("method_options") or {}).get(method, {}))
-    return options
-
-
-def map_key(model: Classifier, method: str, target_rule: str, options: Mapping[str, Any]) -> dict:
-    """What identifies a set of cached maps: the method and every option that changes its maps
-    (iterations, objective, normalization, layer, ...), the class rule and the network
-    (:func:`model_key`: weights file and inference form included)."""
-    spec = get_method(method)
-    return {
-        "method": method,
-        **model_key(model),
-        "layer": (options.get("layer") or model.target_layer_name) if spec.needs_layer else None,
-        "target": target_rule,
-        "options": {k: v for k, v in sorted(options.items()) if k not in ("layer", "progress")},
-    }
-
-
-def result_key(
-    model: Classifier,
-    method: str,
-    target_rule: str = "ground_truth",
-    options: Mapping[str, Any] | None = None,
-    **settings: Any,
-) -> dict:
-    """What identifies a row of a result table: the maps' key plus the settings of the metric and the
-    table (``settings``, e.g. insertion step, noise samples, variant). Every notebook keys its rows
-    with :func:`config_id` of this, so a rerun with any changed parameter computes new rows instead
-    of reusing stale ones."""
-    return {"maps": map_key(model, method, target_rule, dict(options or {})), "settings": settings}
-
-
-def config_id(key: Mapping[str, Any]) -> str:
-    """Short stable hash of a :func:`result_key` (the ``config`` column of the result tables)."""
-    return key_hash(key, 12)
 
 
 def cached_maps(
@@ -432,7 +235,7 @@ def fill_rules(
 ) -> None:
     """:func:`fill_maps_for_rules` over a dataset, skipping images stored under every rule."""
     options = dict(options or {})
-    ids = _ids(dataset)
+    ids = dataset_ids(dataset)
     keys = [_key(model, method, r, options, None) for r in rules]
     done = set(ids)
     for key in keys:
@@ -508,13 +311,13 @@ def run_rows(
     ``tag`` (e.g. ``{"model": "resnet50", "method": "opticam"}``) is added to each row and is what
     "already done" is checked against, so one table can hold many methods and models.
 
-    Under ``torchrun`` (:mod:`paper_code.reproduce.distributed`) each rank computes only its shard
+    Under ``torchrun`` (:mod:`paper_code.experiments.distributed`) each rank computes only its shard
     of the images (every N-th id), appends to its own rows file (``table.for_rank()``), counts as
     done the rows of every rank file (so a rerun with another N reuses every finished image), and
     waits at a barrier at the end, so that whatever reads ``table`` next sees every rank's rows.
     """
     done = table.done_ids(**{k: str(v) for k, v in tag.items()})
-    ids = _ids(dataset)
+    ids = dataset_ids(dataset)
     if _dist.is_distributed():
         mine = set(_dist.shard(ids))
         done = done | {x for x in ids if x not in mine}
@@ -530,30 +333,6 @@ def run_rows(
             bar.update(len(batch.ids))
         bar.close()
     _dist.barrier(f"rows:{table.path.name}:{key_hash(dict(tag), 12)}")
-
-
-def model_weights(params: Mapping[str, Any], model_name: str) -> str | None:
-    """The weights file of ``model_name`` named by the ``weights`` parameter, the one place every
-    page reads it: a mapping ``{model: file}`` (``"random"`` for random initialization); models
-    it does not name load their published weights (``None``). A key that is no model name is
-    refused with the valid names (a typo would otherwise download the published weights)."""
-    from ..names import MODELS
-
-    given = params.get("weights")
-    if given is None:
-        return None
-    if not isinstance(given, Mapping):
-        raise ValueError(
-            f"weights must map model names to files, e.g. {{resnet50: /path/r50.pth}}; "
-            f"got {given!r}"
-        )
-    unknown = sorted(set(map(str, given)) - set(MODELS))
-    if unknown:
-        raise ValueError(
-            f"weights names unknown model(s) {', '.join(unknown)}; valid: {', '.join(MODELS)}"
-        )
-    w = given.get(model_name)
-    return None if w is None else str(w)
 
 
 def setup(

@@ -4,14 +4,14 @@ Opened on Colab (or in any kernel without ``paper_code``), a notebook must insta
 before its first import; everywhere else (the book's runs, Binder, a developer's checkout) the cell
 does nothing. In the rendered book it is hidden (tag ``remove-cell``). It installs
 ``paper_code[book]`` from the repository of the one setting (``_config.yml``'s ``repository.url``,
-see :mod:`paper_code.reproduce.publish`); at run time ``$PAPER_CODE_REPOSITORY`` overrides it (a
+see :mod:`paper_code.book.publish`); at run time ``$PAPER_CODE_REPOSITORY`` overrides it (a
 local clone's folder in the tests).
 
 Insert or update the cell in every notebook of ``_toc.yml`` (idempotent; ``.md`` and ``.ipynb``
 of each jupytext pair stay in sync)::
 
-    python -m paper_code.reproduce.setup_cell --write
-    python -m paper_code.reproduce.setup_cell --check   # exit 1 when a notebook lacks it
+    python -m paper_code.book.setup_cell --write
+    python -m paper_code.book.setup_cell --check   # exit 1 when a notebook lacks it
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .notebooks import REPO_ROOT, toc_notebooks
+from ..layout import REPO_ROOT
+from .toc import toc_notebooks
 
 __all__ = ["SETUP_TAG", "check", "setup_source", "write", "write_notebook"]
 
@@ -49,12 +50,12 @@ if importlib.util.find_spec("paper_code") is None:
 def setup_source(url: str | None = None, ref: str | None = None) -> str:
     """Source of the set-up cell for repository ``url`` and branch ``ref`` (default: the
     setting, ``_config.yml``'s ``repository.url`` and ``branch``)."""
-    from . import publish
+    from .. import repository
 
-    cfg = publish.book_config() if url is None or ref is None else {}
+    cfg = repository.book_config() if url is None or ref is None else {}
     if url is None:  # the committed setting (not $PAPER_CODE_REPOSITORY, a run-time override)
         setting = str((cfg.get("repository") or {}).get("url") or "")
-        url = publish.links(url=setting, config=cfg)["repository"]
+        url = repository.links(url=setting, config=cfg)["repository"]
     ref = str((cfg.get("repository") or {}).get("branch") or "main") if ref is None else ref
     return _TEMPLATE.format(url=json.dumps(url), ref=ref)
 
@@ -166,7 +167,7 @@ def write(book_root: str | os.PathLike[str] = REPO_ROOT, source: str | None = No
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m paper_code.reproduce.setup_cell", description=__doc__.split("\n\n")[0]
+        prog="python -m paper_code.book.setup_cell", description=__doc__.split("\n\n")[0]
     )
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--write", action="store_true", help="insert/update the cell everywhere")
@@ -189,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for p in problems:
         print(p, file=sys.stderr)
     if problems:
-        print("run: python -m paper_code.reproduce.setup_cell --write", file=sys.stderr)
+        print("run: python -m paper_code.book.setup_cell --write", file=sys.stderr)
     return 1 if problems else 0
 
 

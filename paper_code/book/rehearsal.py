@@ -71,9 +71,10 @@ def rehearse(
 ) -> int:
     """Run the ``rehearsal`` profile into ``out`` (default: its ``output_dir``) after
     :func:`prepare_rehearsal`; ``parameters`` override the profile's as in
-    :func:`~paper_code.reproduce.notebooks.reproduce` (e.g. ``{"device": "cuda", "n_images": 64,
+    :func:`~paper_code.book.reproduce.reproduce` (e.g. ``{"device": "cuda", "n_images": 64,
     "iterations": 100, "methods": None}`` for the GPU rehearsal). Returns ``reproduce``'s status."""
-    from .notebooks import reproduce, resolve_run
+    from .profiles import resolve_run
+    from .reproduce import reproduce
 
     prof, out_dir = resolve_run(profile, out, parameters)
     params = prof["parameters"]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from .notebooks import REPO_ROOT
+from ..layout import REPO_ROOT
 
 #: The paper's network for each of our models (used to pick reference numbers).
 PAPER_NETWORK = {
@@ -27,8 +27,8 @@ PAPER_NETWORK = {
 def paper_table(name: str) -> pd.DataFrame:
     """The paper's values for table ``name`` (``table1`` ... ``tableA14``) as a tidy DataFrame:
     ``table, dataset, network, method, variant, metric, value, direction`` (``value`` float,
-    NaN where the paper prints "–"). See ``paper_code/reproduce/paper_tables/README.md``."""
-    ref = resources.files("paper_code.reproduce") / "paper_tables" / f"{name}.csv"
+    NaN where the paper prints "–"). See ``paper_code/experiments/paper_tables/README.md``."""
+    ref = resources.files("paper_code.experiments") / "paper_tables" / f"{name}.csv"
     if not ref.is_file():
         raise FileNotFoundError(f"no paper table {name!r}")
     with resources.as_file(ref) as path:
@@ -156,7 +156,7 @@ def caption(run: Any, title: str, what: str, extra: str = "", **record: Any) -> 
     """The provenance caption under a table: what ran, on what, with which code; also writes
     ``<name>_provenance.json`` next to the rows.
 
-    ``run`` is a :class:`paper_code.reproduce.tables.TableRun` (its parameters, start time, output
+    ``run`` is a :class:`paper_code.experiments.tablerun.TableRun` (its parameters, start time, output
     folder and data); ``record`` adds table-specific settings (e.g. ``opticam_iterations=50``).
     """
     p = run.params

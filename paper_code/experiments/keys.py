@@ -1,0 +1,96 @@
+"""What identifies a result: the network, the method and every option that changes its maps, and
+the settings of the metric and the table (:func:`result_key`, hashed by :func:`config_id`).
+
+Every notebook keys its per-image rows with these, so a rerun with any changed parameter
+computes new rows instead of reusing stale ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..methods import get_method
+from ..models import Classifier
+from .results import key_hash
+
+
+def model_key(model: Classifier) -> dict:
+    """What identifies the network a result came from: architecture, weights, inference form and
+    whether it standardizes its input (Table A.14 switches that off)."""
+    return {
+        "model": model.name,
+        "weights": getattr(model, "weights_id", "unknown"),
+        "fused": bool(getattr(model, "fused", False)),
+        "standardized": bool(model.standardize.enabled),
+    }
+
+
+def method_options(
+    params: Mapping[str, Any], method: str, iterations: int | None = None
+) -> dict[str, Any]:
+    """The options a notebook passes to ``method``: Opti-CAM's iteration count (``iterations``, or
+    the given one) and whatever the ``method_options`` parameter sets for it (e.g. fewer LIME samples
+    in the ``smoke`` profile, ``{"lime": {"num_samples": 50}}``). Every option enters the cache key."""
+    options: dict[str, Any] = {}
+    if method == "opticam":
+        options["iterations"] = int(iterations or params.get("iterations") or 100)
+    options.update((params.get("method_options") or {}).get(method, {}))
+    return options
+
+
+def map_key(model: Classifier, method: str, target_rule: str, options: Mapping[str, Any]) -> dict:
+    """What identifies a set of cached maps: the method and every option that changes its maps
+    (iterations, objective, normalization, layer, ...), the class rule and the network
+    (:func:`model_key`: weights file and inference form included)."""
+    spec = get_method(method)
+    return {
+        "method": method,
+        **model_key(model),
+        "layer": (options.get("layer") or model.target_layer_name) if spec.needs_layer else None,
+        "target": target_rule,
+        "options": {k: v for k, v in sorted(options.items()) if k not in ("layer", "progress")},
+    }
+
+
+def result_key(
+    model: Classifier,
+    method: str,
+    target_rule: str = "ground_truth",
+    options: Mapping[str, Any] | None = None,
+    **settings: Any,
+) -> dict:
+    """What identifies a row of a result table: the maps' key plus the settings of the metric and the
+    table (``settings``, e.g. insertion step, noise samples, variant). Every notebook keys its rows
+    with :func:`config_id` of this, so a rerun with any changed parameter computes new rows instead
+    of reusing stale ones."""
+    return {"maps": map_key(model, method, target_rule, dict(options or {})), "settings": settings}
+
+
+def config_id(key: Mapping[str, Any]) -> str:
+    """Short stable hash of a :func:`result_key` (the ``config`` column of the result tables)."""
+    return key_hash(key, 12)
+
+
+def model_weights(params: Mapping[str, Any], model_name: str) -> str | None:
+    """The weights file of ``model_name`` named by the ``weights`` parameter, the one place every
+    page reads it: a mapping ``{model: file}`` (``"random"`` for random initialization); models
+    it does not name load their published weights (``None``). A key that is no model name is
+    refused with the valid names (a typo would otherwise download the published weights)."""
+    from ..names import MODELS
+
+    given = params.get("weights")
+    if given is None:
+        return None
+    if not isinstance(given, Mapping):
+        raise ValueError(
+            f"weights must map model names to files, e.g. {{resnet50: /path/r50.pth}}; "
+            f"got {given!r}"
+        )
+    unknown = sorted(set(map(str, given)) - set(MODELS))
+    if unknown:
+        raise ValueError(
+            f"weights names unknown model(s) {', '.join(unknown)}; valid: {', '.join(MODELS)}"
+        )
+    w = given.get(model_name)
+    return None if w is None else str(w)
