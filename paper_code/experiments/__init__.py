@@ -38,8 +38,7 @@ _EXPORTS = {
          "medical_root", "open_dataset"], "sources"),
     **dict.fromkeys(["MapCache", "ResultTable", "key_hash"], "results"),
     **dict.fromkeys(
-        ["PAPER_MODELS", "TRANSFORMER_NETWORK", "TableRun", "paper_methods", "paper_network",
-         "table_methods"], "tablerun"),
+        ["TableRun", "paper_methods", "table_methods"], "tablerun"),
     **dict.fromkeys(
         ["LOCALIZATION_METRICS", "PROTOCOL_OPTIONS", "Score", "classification_scores",
          "curve_points", "insertion_deletion_scores", "localization_scores",
@@ -49,7 +48,8 @@ _EXPORTS = {
         ["arrow", "beside_paper", "commit_link", "glue", "headline", "ranking_agreement",
          "relative_path", "show", "with_interval"], "display"),
     **dict.fromkeys(
-        ["PAPER_NETWORK", "caption", "paper_label", "paper_table", "provenance"], "paper"),
+        ["PAPER_MODELS", "PAPER_NETWORK", "TRANSFORMER_NETWORK", "caption", "paper_label",
+         "paper_network", "paper_table", "provenance"], "paper"),
 }  # fmt: skip
 
 __all__ = sorted(_EXPORTS)

@@ -24,6 +24,27 @@ PAPER_NETWORK = {
 }
 
 
+#: The paper's network name of each model family column (Tables 2, 3 and A.8 use the transformers).
+TRANSFORMER_NETWORK = {
+    "vit_base_patch16_224": "vit_b",
+    "deit_base_patch16_224": "deit_b",
+    "vit_tiny": "vit_b",  # the test ViT is shown against ViT-B
+}
+
+
+#: The networks of ours whose numbers the paper reports, per dataset (App. E: fine-tuned CNNs).
+PAPER_MODELS = {
+    "imagenet": ("resnet50", "vgg16_bn", *TRANSFORMER_NETWORK),
+    "chestxray": ("resnet50", "vgg16_bn"),
+    "kvasir": ("resnet50", "vgg16_bn"),
+}
+
+
+def paper_network(model_name: str) -> str:
+    """The paper's network whose numbers a model is shown against."""
+    return TRANSFORMER_NETWORK.get(model_name) or PAPER_NETWORK.get(model_name, "resnet50")
+
+
 def paper_table(name: str) -> pd.DataFrame:
     """The paper's values for table ``name`` (``table1`` ... ``tableA14``) as a tidy DataFrame:
     ``table, dataset, network, method, variant, metric, value, direction`` (``value`` float,
