@@ -1,4 +1,4 @@
-"""Fine-tuning on the medical datasets, the paper's two-stage recipe (App. E.2; SPEC §4).
+"""Fine-tuning on the medical datasets, the paper's two-stage recipe (App. E.2 of the paper).
 
 ``python -m paper_code finetune --dataset chestxray --model resnet50 --root DATA --out ckpt/``
 

@@ -283,7 +283,7 @@ def test_oracle_pytorch_grad_cam_vit(model, images, method, gc_name, options):
 
 
 def test_negative_maps_opticam_range_normalizes_cams_apply_relu(model, images):
-    """SPEC §1.2: on transformers S = sum_k softmax(u)_k A^k can be negative (h = identity); it is
+    """Section 3.2 of the paper (h = identity): on transformers S = sum_k softmax(u)_k A^k can be negative (h = identity); it is
     range-normalized to [0, 1], never clipped. The CAM baselines keep their h = ReLU (pytorch-grad-cam),
     and a map that is negative everywhere becomes all zeros (no NaN)."""
     feats, _ = forward_features(model, images, FeatureLayer(model.target_layer, tokens_to_grid))

@@ -197,7 +197,7 @@ def test_run_notebook_reports_failing_cell(tmp_path: Path) -> None:
 
 
 def test_compile_evaluation_reaches_the_kernel_not_the_notebook(tmp_path: Path) -> None:
-    """``-p compile_evaluation X`` (issue 12 §2) switches the metrics' compiled forward passes on
+    """``-p compile_evaluation X`` switches the metrics' compiled forward passes on
     in the kernel's process (PAPER_CODE_COMPILE), without a parameter in every notebook."""
     from paper_code.methods.forward import ENV_COMPILE, compile_setting
 
@@ -387,7 +387,7 @@ def test_reproduce_orchestrator_never_imports_torch(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_reproduce_jobs_runs_notebooks_at_once(tmp_path: Path, capsys) -> None:
-    """``reproduce(jobs=2)`` (issue 12 §3): the first notebook alone with every core, then two
+    """``reproduce(jobs=2)``: the first notebook alone with every core, then two
     notebooks at the same time, each process with cores/2 threads and imports this checkout's paper_code; each notebook's output goes to its
     log; a failure is reported with its log and the others still run; the rows are those of a
     one-at-a-time run (here: every notebook executed once)."""

@@ -126,7 +126,7 @@ def test_scorecam_maps_of_all_rules_come_from_one_run(tmp_path, monkeypatch):
 
 
 def test_batch_size_auto_fills_the_device_memory():
-    """``batch_size: auto`` (issue 12): 80% of the free memory at the measured bytes per image, a
+    """``batch_size: auto``: 80% of the free memory at the measured bytes per image, a
     multiple of 8, capped at 512; on a CPU a fixed size; ints pass through, bad values fail."""
     from paper_code.experiments import CPU_AUTO_BATCH, batch_for_memory, resolve_batch_size
 

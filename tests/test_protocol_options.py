@@ -1,4 +1,4 @@
-"""The paper's open evaluation choices as options (issue 20): each option's reference value is checked
+"""The paper's open evaluation choices as options: each option's reference value is checked
 against an independent re-implementation of the reference code, written here from its description:
 
 * insertion/deletion: RISE's ``gkern`` blur kernel (against scipy), its zero padding, the substrate

@@ -1,5 +1,5 @@
 """Quantus 0.6 as an oracle for Max-Sensitivity and AOPC (region perturbation), the two Table 4 metrics
-the paper computed with Quantus (SPEC §3.4). Quantus is a test-only dependency.
+the paper computed with Quantus (Section 5.3.3). Quantus is a test-only dependency.
 
 Both oracles run Quantus' own code on small seeded models with the paper's settings (lower bound 0.2,
 10 samples; patch 14, 10 regions, black baseline, softmax). Quantus draws its noise from ``np.random``;

@@ -158,7 +158,7 @@ def test_registry_is_the_single_source_of_names_and_kinds():
 
 # --------------------------------------------------------------------------- layers
 
-#: Layer of each top-level part of the package (DESIGN: each imports only layers below it).
+#: Layer of each top-level part of the package (each imports only layers below it).
 LAYERS = {
     "names": 0,
     "runtime": 0,

@@ -43,7 +43,7 @@ def _rss_mb() -> float:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
 def test_memory_is_stable_over_many_batches():
-    """The long run, scaled down (issue 12 §4): Opti-CAM plus the insertion/deletion forwards on
+    """The long run, scaled down: Opti-CAM plus the insertion/deletion forwards on
     a small CNN over 120 batches; the process's resident memory after the warm-up batches does not
     grow (a leak of one map or graph per batch would add megabytes here)."""
     import torch

@@ -72,7 +72,7 @@ def batch_for_memory(
 def resolve_batch_size(
     batch_size: int | str | None, model: Classifier, device: str | torch.device, probe: int = 8
 ) -> int:
-    """``batch_size`` as an int; ``"auto"`` picks one for the device's memory (issue 12).
+    """``batch_size`` as an int; ``"auto"`` picks one for the device's memory.
 
     On CUDA, ``auto`` runs two Opti-CAM iterations (the protocol's largest working set: forward and
     backward of the whole network) on ``probe`` images, takes the peak memory per image, doubles it
