@@ -42,10 +42,10 @@ def check_images(
     on the device of its parameters.
 
     >>> check_images(torch.zeros(2, 3, 8, 8))
-    >>> check_images(torch.zeros(3, 8, 8))
+    >>> check_images(torch.zeros(3, 8, 8))  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: images must have shape [B, 3, H, W] (a batch of RGB images), got [3, 8, 8]; add a batch dimension with images[None] for a single image
+    ValueError: images must have shape [B, 3, H, W] (a batch of RGB images), got [3, 8, 8]; ...
     """
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"images must be a torch.Tensor [B, 3, H, W], got {type(images).__name__}")
@@ -157,7 +157,7 @@ def class_indices(
         c = c.expand(batch).clone()
     if c.numel() != batch:
         raise ValueError(
-            f"need one class per image: got {c.numel()} classes for a batch of {batch} images"
+            f"need one class per image: got {c.numel()} targets for a batch of {batch} images"
         )
     if num_classes is not None:
         bad = (c < 0) | (c >= num_classes)

@@ -129,9 +129,9 @@ def fakecam(model, images, target=None, layer=None, **options) -> torch.Tensor:
     r"""Fake-CAM (Poppi et al., 2021, "Revisiting the evaluation of class activation mapping for
     explainability"): :math:`S_{ij} = 1` everywhere except :math:`S_{00} = 0` (the top-left pixel).
 
-    A trivial map that ignores the model, the class and the layer (Section 5.2 of the Opti-CAM paper; the value 1 follows Poppi et
-    al.). Masking with it removes a single pixel, which exposes the weakness of AD/AI. Not part of
-    pytorch-grad-cam.
+    A trivial map that ignores the model, the class and the layer (Section 5.2 of the Opti-CAM
+    paper; the value 1 follows Poppi et al.). Masking with it removes a single pixel, which exposes
+    the weakness of AD/AI. Not part of pytorch-grad-cam.
     """
     if options:
         raise TypeError(f"fakecam takes no options, got {sorted(options)}")

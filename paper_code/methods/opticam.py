@@ -187,19 +187,21 @@ def optimize(
 ) -> OptiCAMResult:
     r"""Run Opti-CAM (eqs. 8-11) on a batch and return maps, objective trace and weights.
 
-    Algorithm (Section 3.2 and App. A, project defaults): features :math:`A_\ell(x)` computed once and held fixed;
-    network frozen and in eval mode; :math:`u = 0.5` for every channel (uniform weights: the initial
-    map is the channel mean); Adam over u only, lr 0.1; at most ``iterations`` = 100 updates.
+    Algorithm (Section 3.2 and App. A, project defaults): features :math:`A_\ell(x)` computed once
+    and held fixed; network frozen and in eval mode; :math:`u = 0.5` for every channel (uniform
+    weights: the initial map is the channel mean); Adam over u only, lr 0.1; at most
+    ``iterations`` = 100 updates.
 
-    Early stopping (project default 9): image i stops at iteration t when
+    Early stopping (App. A, applied per image): image i stops at iteration t when
     :math:`|L_i(t) - L_i(t-1)| < 10^{-10}` and keeps the u that produced :math:`L_i(t)`. Stopped images
     leave the batch, so an image's map does not depend on its batch-mates (the paper's rule, applied
     per image; the official code applies a different, batch-level rule).
 
-    ``official=True`` reproduces the official code instead (hanwei0912/OptiCAM): 50 iterations unless given,
-    features through ReLU, one Adam over the batch-summed loss, and every ``iterations // 10`` steps
-    the whole batch stops if the summed loss rose since the previous check, returning the maps of that
-    step's forward pass. Results then depend on the batch (the official driver uses batches of 5).
+    ``official=True`` reproduces the official code instead (hanwei0912/OptiCAM): 50 iterations
+    unless given, features through ReLU, one Adam over the batch-summed loss, and every
+    ``iterations // 10`` steps the whole batch stops if the summed loss rose since the previous
+    check, returning the maps of that step's forward pass. Results then depend on the batch (the
+    official driver uses batches of 5).
 
     Args:
         iterations: maximum number of Adam updates (default 100; 50 when ``official``).
@@ -455,7 +457,7 @@ def _optimize_compiled(
 
 
 class PerImageStop:
-    r"""The paper's stopping rule, applied per image (project default 9, App. A).
+    r"""The paper's stopping rule (App. A), applied per image (a project choice).
 
     Image i stops at iteration t when :math:`|L_i(t) - L_i(t-1)| < \mathrm{tol}` and keeps the u that
     produced :math:`L_i(t)`; stopped images leave the batch and receive no further Adam update, so an

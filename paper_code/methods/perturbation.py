@@ -2,9 +2,10 @@ r"""Extremal Perturbation (Fong, Patrick & Vedaldi, ICCV 2019), the paper's "ExP
 
 Written from the paper, with every setting at the default of TorchRay's ``extremal_perturbation``
 (facebookresearch/TorchRay, ``torchray/attribution/extremal_perturbation.py``: the implementation
-the Opti-CAM paper ran; no code reused: TorchRay is CC BY-NC). For an image :math:`x`, a class score :math:`\Phi` and a target area
-:math:`a`, the *extremal perturbation* is the smooth mask of area :math:`a` that keeps the score
-highest when everything outside it is blurred ("preserve" variant):
+the Opti-CAM paper ran; no code reused: TorchRay is CC BY-NC). For an image :math:`x`, a class
+score :math:`\Phi` and a target area :math:`a`, the *extremal perturbation* is the smooth mask of
+area :math:`a` that keeps the score highest when everything outside it is blurred ("preserve"
+variant):
 
 .. math::
     m_a = \arg\max_{m} \; \Phi(m \otimes x) - \lambda\, R_a(m), \qquad
@@ -42,7 +43,7 @@ from .hooks import channels_last, frozen
 from .registry import register
 from .targets import SubsetTarget, Target
 
-#: TorchRay's defaults (``extremal_perturbation`` signature and body; BASELINES.md).
+#: TorchRay's defaults (``extremal_perturbation`` signature and body, facebookresearch/TorchRay).
 AREAS = (0.1,)
 ITERATIONS = 800
 NUM_LEVELS = 8

@@ -65,8 +65,8 @@ def max_sensitivity(
 
     with :math:`r` = ``radius`` (Quantus' ``lower_bound``, 0.2 in the paper), :math:`N` = ``samples``
     (10), the map recomputed by ``explainer(images, classes) -> maps [B, 1, H, W]`` for the *same*
-    classes, and a denominator :math:`D(x)` that **the paper does not settle** (SPEC §3.4: "Quantus,
-    lower bound 0.2, 10 samples", version not given), because Quantus changed it between versions:
+    classes, and a denominator :math:`D(x)` that **the paper does not settle** (Section 5.3.3: Quantus,
+    lower bound 0.2, 10 samples; version not given), because Quantus changed it between versions:
 
     * ``normalize_by="explanation"`` (default): :math:`D = \lVert S(x)\rVert_F`. This is what the
       batched ``MaxSensitivity.evaluate_batch`` of **Quantus 0.6.0** computes
@@ -91,7 +91,7 @@ def max_sensitivity(
     (r = 0.2 is about 0.9 standard deviations of ImageNet pixels), and the result is **clamped to
     [0, 1]** (``clamp=False`` keeps it unclamped). Quantus instead adds unclamped noise to whatever
     array the model takes as input: the [0, 1] image when standardization is a layer inside the model
-    (as in the official Opti-CAM code, SPEC §3.1), the standardized tensor otherwise. Quantus draws
+    (as in the official Opti-CAM code, hanwei0912/OptiCAM), the standardized tensor otherwise. Quantus draws
     from ``np.random`` (global state); we draw from a CPU generator seeded with ``seed``, sample by
     sample, each sample one ``[B, 3, H, W]`` tensor (device-independent). Other choices: a zero
     denominator is replaced by 1 (as Captum; Quantus would return inf/NaN); maps are not
