@@ -1,8 +1,11 @@
 """paper_code: a faithful, batched, pure-torch reimplementation of Opti-CAM (Zhang et al., CVIU 2024).
 
-Layers (each imports only the layers below it):
+Layers (each imports only the layers below it; ``tests/test_layers.py`` checks it):
 
-1. :mod:`paper_code.models`, :mod:`paper_code.data` -- networks and datasets;
+0. :mod:`paper_code.names`, :mod:`paper_code.runtime`, :mod:`paper_code.imagenet` -- constants,
+   process settings and the ImageNet class names, importing nothing of the package;
+1. :mod:`paper_code.models`, :mod:`paper_code.data` -- networks and datasets (never importing each
+   other);
 2. :mod:`paper_code.methods` -- every explainer behind one registry;
 3. :mod:`paper_code.metrics` -- every evaluation metric of the paper;
 4. :mod:`paper_code.reproduce` -- the experiment loop, result storage and the book;

@@ -18,7 +18,11 @@ from typing import Any
 
 from ..imagenet import imagenet_categories
 from . import medical
-from .base import (
+from .base import (  # noqa: F401  (CROP, IMAGE_EXTENSIONS, RESIZE, VALIDATE_MODES: re-exported)
+    CROP,
+    IMAGE_EXTENSIONS,
+    RESIZE,
+    VALIDATE_MODES,
     ImageDataset,
     ImageLoadError,
     collate,
