@@ -1,10 +1,12 @@
 """paper_code: a faithful, batched, pure-torch reimplementation of Opti-CAM (Zhang et al., CVIU 2024).
 
-Layers (each imports only the layers below it):
+Layers (each imports only the layers below it; ``tests/test_layers.py`` checks it):
 
 0. :mod:`paper_code.names`, :mod:`paper_code.layout`, :mod:`paper_code.repository`,
-   :mod:`paper_code.runtime` -- names, paths and settings everything may read (no torch);
-1. :mod:`paper_code.models`, :mod:`paper_code.data` -- networks and datasets (independent);
+   :mod:`paper_code.runtime`, :mod:`paper_code.imagenet` -- names, paths, settings and the ImageNet
+   class names, importing nothing of the package's other layers (no torch);
+1. :mod:`paper_code.models`, :mod:`paper_code.data` -- networks and datasets (never importing each
+   other);
 2. :mod:`paper_code.methods` -- every explainer behind one registry;
 3. :mod:`paper_code.metrics` -- every evaluation metric of the paper;
 4. :mod:`paper_code.experiments` -- the protocol run on a network and a dataset: the resumable

@@ -1,10 +1,8 @@
-"""The registry is the single source of the methods, every method runs on a user's own network, and
-the package's layers import only downwards."""
+"""The registry is the single source of the methods, and every method runs on a user's own network.
+(The package's layers are checked in tests/test_layers.py.)"""
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -154,65 +152,3 @@ def test_registry_is_the_single_source_of_names_and_kinds():
                    "layercam", "extremal", "hirescam", "lime", "gradientshap", "opticam"]  # fmt: skip
     vit, _ = table_methods("table2", "vit_b", family="vit")
     assert {"rawatt", "rollout", "tibav"} <= set(vit) and "ablationcam" not in vit
-
-
-# --------------------------------------------------------------------------- layers
-
-#: Layer of each top-level part of the package (each imports only layers below it).
-LAYERS = {
-    "names": 0,
-    "runtime": 0,
-    "layout": 0,
-    "repository": 0,
-    "models": 1,
-    "data": 1,
-    "methods": 2,
-    "metrics": 3,
-    "viz": 3,
-    "experiments": 4,
-    "book": 5,
-    "finetune": 6,
-    "cli": 6,
-    "__main__": 6,
-    "__init__": 6,
-}
-
-
-def _imports(path: Path, package: str) -> set[str]:
-    """Top-level parts of ``paper_code`` that a module imports (relative or absolute)."""
-    tree = ast.parse(path.read_text())
-    parts: set[str] = set()
-    mod_parts = path.relative_to(Path(paper_code.__file__).parent).with_suffix("").parts
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            if node.level == 0:
-                if node.module and node.module.split(".")[0] == package:
-                    target = node.module.split(".")[1:]
-                else:
-                    continue
-            else:
-                base = list(mod_parts[: len(mod_parts) - node.level])
-                target = base + (node.module.split(".") if node.module else [])
-            if target:
-                parts.add(target[0])
-            else:
-                parts.update(a.name for a in node.names)
-        elif isinstance(node, ast.Import):
-            for a in node.names:
-                if a.name.split(".")[0] == package and len(a.name.split(".")) > 1:
-                    parts.add(a.name.split(".")[1])
-    return parts
-
-
-def test_layers_import_only_downwards():
-    root = Path(paper_code.__file__).parent
-    bad = []
-    for path in root.rglob("*.py"):
-        own = path.relative_to(root).parts[0].removesuffix(".py")
-        if own not in LAYERS:
-            bad.append(f"{path}: unknown part {own!r} (add it to LAYERS)")
-            continue
-        for part in _imports(path, "paper_code") - {own}:
-            if part in LAYERS and LAYERS[part] > LAYERS[own]:
-                bad.append(f"{path.relative_to(root)} ({own}) imports {part}")
-    assert not bad, "\n".join(bad)

@@ -1,10 +1,10 @@
 """The paper's medical datasets (App. E): Chest X-ray (Kermany et al. 2018) and Kvasir v2
 (Pogorelov et al. 2017).
 
-Both are :class:`MedicalDataset` objects (an :class:`~paper_code.data.datasets.ImageDataset`) with
+Both are :class:`MedicalDataset` objects (an :class:`~paper_code.data.base.ImageDataset`) with
 the same items as every other dataset (``image`` [3, 224, 224] in [0, 1] after Resize 256 +
 CenterCrop 224, ``label``, ``boxes`` (always empty), ``id``, ``path``) and the same bad-file
-handling: greyscale X-rays become 3-channel through :func:`~paper_code.data.datasets.open_rgb`,
+handling: greyscale X-rays become 3-channel through :func:`~paper_code.data.base.open_rgb`,
 unreadable files are excluded at construction and listed in ``dataset.skipped``. Class names are
 ``dataset.categories`` (= ``dataset.classes``, the folder names in sorted order, label = index).
 
@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from .datasets import ImageDataset, _list_images, _subset
+from .base import ImageDataset, list_images, subset_indices
 
 logger = logging.getLogger("paper_code.data")
 
@@ -250,14 +250,14 @@ def chestxray(
     files: list[Path] = []
     labels: list[int] = []
     for lab, cls in enumerate(CHESTXRAY_CLASSES):
-        imgs = _list_images(base / split / cls)
+        imgs = list_images(base / split / cls)
         files += imgs
         labels += [lab] * len(imgs)
     if not files:
         raise DatasetLayoutError(
             f"no images in {base / split}/{{NORMAL,PNEUMONIA}}: found {_listing(base / split)}"
         )
-    keep = _subset(len(files), subset, seed)
+    keep = subset_indices(len(files), subset, seed)
     files = [files[i] for i in keep]
     labels = [labels[i] for i in keep]
     ids = [p.relative_to(base).with_suffix("").as_posix() for p in files]
@@ -350,7 +350,7 @@ def kvasir(
     sample of ``k`` images of the split (drawn with ``seed``). Ids are ``<class>/<file stem>``."""
     _check_split(split, KVASIR_SPLITS)
     base = find_kvasir_root(root)
-    files_by_class = {c: [p.name for p in _list_images(base / c)] for c in KVASIR_CLASSES}
+    files_by_class = {c: [p.name for p in list_images(base / c)] for c in KVASIR_CLASSES}
     if not any(files_by_class.values()):
         raise DatasetLayoutError(f"{base}: the 8 Kvasir class folders hold no images")
     all_names = [f"{c}/{n}" for c, ns in files_by_class.items() for n in ns]
@@ -410,7 +410,7 @@ def kvasir(
             continue
         files.append(p)
         labels.append(class_to_idx[cls])
-    keep = _subset(len(files), subset, seed)
+    keep = subset_indices(len(files), subset, seed)
     files = [files[i] for i in keep]
     labels = [labels[i] for i in keep]
     ids = [p.relative_to(base).with_suffix("").as_posix() for p in files]

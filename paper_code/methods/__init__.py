@@ -3,13 +3,15 @@
 Importing this package registers the methods of every family: Opti-CAM (:mod:`.opticam`), the CAM
 baselines and Fake-CAM (:mod:`.cams`). :data:`METHODS` maps each id to its :class:`MethodSpec`
 (paper name, kind, whether it needs a layer, default options); tables, notebooks and the command
-line read it.
+line read it. :mod:`.base` holds the low-level helpers the metrics share (image, map and class
+checks, batch sizes, chunks).
 """
 
 from __future__ import annotations
 
 from . import attention, cams, opticam, perturbation, sampling  # noqa: F401  (importing registers the methods)
-from .explain import check_images, explain, resolve_layer
+from .base import check_images
+from .explain import explain, resolve_layer
 from .hooks import FeatureLayer, tokens_to_grid
 from .registry import METHODS, MethodSpec, get_method, method_for_paper_name, paper_names
 

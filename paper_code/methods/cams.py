@@ -37,13 +37,14 @@ extremes of the low-resolution map. Method-specific differences are listed in ea
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..models.outputs import logits_of
+from .base import chunks, resolve_batch_size
 from .forward import evaluation_forward
 from .hooks import (
     as_feature_layer,
@@ -120,33 +121,6 @@ def _cam(
     return deco
 
 
-def _progress(it: Iterable, enabled: bool, desc: str, total: int) -> Iterable:
-    if not enabled:
-        return it
-    from tqdm import tqdm
-
-    return tqdm(it, desc=desc, total=total)
-
-
-def _check_batch_size(batch_size: int | None, cpu_default: int = 6) -> int:
-    """``None``: 64 copies per forward pass with a GPU, ``cpu_default`` on a CPU.
-
-    Score-CAM runs the whole network on every masked image; on a CPU small chunks are faster per
-    image and use less memory (EfficientNet-Lite0, 2 cores: 2.3-2.5 s per image at 6, 2.6-2.7 s at
-    4, 2.8-3.2 s at 8, 7.8 s at 64). Ablation-CAM runs only the layers after the target layer on
-    its copies, so it uses large chunks everywhere (1.3 s per image at 8, 0.4 s at 32).
-    """
-    if batch_size is None:
-        return 64 if torch.cuda.is_available() else cpu_default
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    return batch_size
-
-
-def _chunks(n: int, size: int) -> list[tuple[int, int]]:
-    return [(i, min(i + size, n)) for i in range(0, n, size)]
-
-
 # --------------------------------------------------------------------------- Fake-CAM
 
 
@@ -155,9 +129,9 @@ def fakecam(model, images, target=None, layer=None, **options) -> torch.Tensor:
     r"""Fake-CAM (Poppi et al., 2021, "Revisiting the evaluation of class activation mapping for
     explainability"): :math:`S_{ij} = 1` everywhere except :math:`S_{00} = 0` (the top-left pixel).
 
-    A trivial map that ignores the model, the class and the layer (SPEC §2; the value 1 follows Poppi et
-    al.). Masking with it removes a single pixel, which exposes the weakness of AD/AI. Not part of
-    pytorch-grad-cam.
+    A trivial map that ignores the model, the class and the layer (Section 5.2 of the Opti-CAM
+    paper; the value 1 follows Poppi et al.). Masking with it removes a single pixel, which exposes
+    the weakness of AD/AI. Not part of pytorch-grad-cam.
     """
     if options:
         raise TypeError(f"fakecam takes no options, got {sorted(options)}")
@@ -287,7 +261,7 @@ def scorecam_weights(
     classes per image, :class:`paper_code.methods.targets.ClassLogits`) gives weights ``[B, K, R]`` from the
     same forward passes.
     """
-    batch_size = _check_batch_size(batch_size)
+    batch_size = resolve_batch_size(batch_size)
     b, k = acts.shape[:2]
     size = tuple(images.shape[-2:])
     flat = acts.reshape(b * k, 1, *acts.shape[-2:])
@@ -304,9 +278,8 @@ def scorecam_weights(
         )
         all_idx = torch.arange(b * k, device=acts.device) // k
         scores = target(black.expand(b * k, -1), all_idx).to(acts.dtype)
-        chunks = _chunks(varying.numel(), batch_size)
-        for lo, hi in _progress(chunks, progress, "Score-CAM", len(chunks)):
-            pairs = varying[lo:hi]
+        for sl in chunks(varying.numel(), batch_size, progress=progress, desc="Score-CAM"):
+            pairs = varying[sl]
             img_idx = pairs // k
             if align_corners:
                 up = F.interpolate(flat[pairs], size=size, mode="bilinear", align_corners=True)
@@ -329,7 +302,7 @@ def scorecam(
     progress: bool = False,
     compile: bool | str | None = None,
 ) -> torch.Tensor:
-    r"""Score-CAM (Wang et al., CVPR-W 2020), as written in SPEC §1.1:
+    r"""Score-CAM (Wang et al., CVPR-W 2020), with the paper's notation (Section 3.1):
 
     .. math:: u^c_k = f\big(x \odot n(\mathrm{up}(A^k))\big)_c - f(x_b)_c, \qquad
               w^c = \mathrm{softmax}(u^c), \qquad S^c = \mathrm{ReLU}\Big(\sum_k w^c_k A^k\Big),
@@ -415,13 +388,13 @@ def ablation_scores(
     repeating each image once per ablated channel, with the replacement then having the same batch size
     as the activations it replaces (skip paths carry the un-ablated earlier tensors, as they should).
     """
-    batch_size = _check_batch_size(batch_size, cpu_default=64)
+    batch_size = resolve_batch_size(batch_size, cpu=64)
     layer = as_feature_layer(layer, "ablationcam").module
     b, k = acts.shape[:2]
     scores = torch.empty(b * k, dtype=acts.dtype, device=acts.device)
-    chunks = _chunks(b * k, batch_size)
     with torch.no_grad(), capture(layer) as cap:
-        for lo, hi in _progress(chunks, progress, "Ablation-CAM", len(chunks)):
+        for sl in chunks(b * k, batch_size, progress=progress, desc="Ablation-CAM"):
+            lo, hi = sl.start, sl.stop
             pairs = torch.arange(lo, hi, device=acts.device)
             img_idx, chan_idx = pairs // k, pairs % k
             rows = torch.arange(hi - lo, device=acts.device)

@@ -14,36 +14,10 @@ import torch
 from torch import nn
 
 from ..models.outputs import logits_of
+from .base import check_images
 from .hooks import FeatureLayer, ReshapeTransform
 from .registry import get_method
 from .targets import Target, resolve_targets
-
-
-def check_images(images: torch.Tensor, model: nn.Module | None = None) -> None:
-    """Raise a clear error unless ``images`` is a float ``[B, 3, H, W]`` tensor in [0, 1]."""
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a torch.Tensor [B, 3, H, W], got {type(images).__name__}")
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(
-            f"images must have shape [B, 3, H, W] (a batch of RGB images), got {list(images.shape)}; "
-            "add a batch dimension with images[None] for a single image"
-        )
-    if not images.is_floating_point():
-        raise TypeError(
-            f"images must be floating point in [0, 1], got dtype {images.dtype}; "
-            "convert uint8 images with images.float() / 255"
-        )
-    if images.numel() and (images.min() < -1e-4 or images.max() > 1 + 1e-4):
-        raise ValueError(
-            f"images must be in [0, 1] pixel space (the model standardizes internally), got values in "
-            f"[{images.min().item():.3g}, {images.max().item():.3g}]; do not pass standardized tensors"
-        )
-    if model is not None:
-        p = next(iter(model.parameters()), None)
-        if p is not None and p.device != images.device:
-            raise ValueError(
-                f"images are on {images.device} but the model is on {p.device}; move them with .to()"
-            )
 
 
 def resolve_layer(

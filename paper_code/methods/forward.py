@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,13 +25,45 @@ from torch import nn
 from ..models.outputs import logits_of
 from ..names import ENV_COMPILE
 
-__all__ = ["ENV_COMPILE", "StaticForward", "evaluation_forward"]
+__all__ = [
+    "COMPILE_MODES",
+    "ENV_COMPILE",
+    "StaticForward",
+    "compile_mode",
+    "compile_options",
+    "compile_setting",
+    "evaluation_forward",
+]
 
 #: Compiled forwards per model (weakly keyed: a freed model takes its graphs along), per mode.
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 #: Modes of ``torch.compile``; any other string is taken as a backend name ("aot_eager", ...).
-_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_mode(value: bool | str) -> str | None:
+    """The ``torch.compile`` mode or backend of a compile setting that is on: ``True`` -> ``None``
+    (Inductor's default mode), a string -> itself (what :func:`evaluation_forward` and
+    :func:`paper_code.methods.opticam.optimize` take as ``compile``).
+
+    >>> compile_mode(True), compile_mode("aot_eager")
+    (None, 'aot_eager')
+    """
+    return None if value is True else str(value)
+
+
+def compile_options(mode: str | None) -> dict[str, Any]:
+    """Keyword arguments of ``torch.compile`` with static shapes for a mode of
+    :data:`COMPILE_MODES` (or ``None``) or, for any other string, a backend name (``"aot_eager"``:
+    graphs captured and differentiated, not code-generated: quick to build, for tests).
+
+    >>> compile_options("max-autotune"), compile_options("aot_eager")
+    ({'dynamic': False, 'mode': 'max-autotune'}, {'dynamic': False, 'backend': 'aot_eager'})
+    """
+    if mode is None or mode in COMPILE_MODES:
+        return {"dynamic": False, "mode": mode}
+    return {"dynamic": False, "backend": mode}
 
 
 class StaticForward:
@@ -43,10 +76,7 @@ class StaticForward:
     """
 
     def __init__(self, model: nn.Module, mode: str | None = None) -> None:
-        if mode is None or mode in _MODES:
-            self._fn = torch.compile(model, dynamic=False, mode=mode)
-        else:
-            self._fn = torch.compile(model, dynamic=False, backend=mode)
+        self._fn = torch.compile(model, **compile_options(mode))
         self.sizes: set[int] = set()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,7 +114,7 @@ def evaluation_forward(
     compile = compile_setting(compile)
     if not compile:
         return model
-    mode = None if compile is True else str(compile)
+    mode = compile_mode(compile)
     per_model = _COMPILED.setdefault(model, {})
     if mode not in per_model:
         per_model[mode] = StaticForward(model, mode)

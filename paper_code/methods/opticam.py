@@ -1,4 +1,4 @@
-r"""Opti-CAM (Zhang et al., CVIU 2024), exactly as in SPEC §1 with the project defaults.
+r"""Opti-CAM (Zhang et al., CVIU 2024), Sections 3.1-3.2 and App. A, with the project defaults.
 
 The saliency map is a convex combination of the feature maps of layer :math:`\ell`, whose weights are
 optimized per image so that the masked image maximizes the class score:
@@ -24,10 +24,12 @@ from torch import nn
 from tqdm import tqdm
 
 from ..models.outputs import logits_of
+from .base import index_chunks
+from .forward import compile_mode, compile_options
 from .hooks import FeatureLayer, channels_last, forward_features, frozen
 from .maps import NORMALIZATIONS, normalize, upsample, weighted_sum
 from .registry import register
-from .targets import SubsetTarget, Target, batch_chunks
+from .targets import SubsetTarget, Target
 
 #: Early-stopping tolerance of App. A: stop "when the change in loss is less than 1e-10".
 STOP_TOLERANCE = 1e-10
@@ -141,7 +143,7 @@ class _Adam:
 
     Same update as ``torch.optim.Adam`` (default betas, eps 1e-8, no weight decay). Stopped images
     must be excluded from the update entirely, because Adam's momentum would keep moving them even
-    with a zero gradient (SPEC "Implementation notes").
+    with a zero gradient (App. A's per-image stop needs it).
     """
 
     def __init__(self, u: torch.Tensor, lr: float, betas=(0.9, 0.999), eps: float = 1e-8) -> None:
@@ -185,19 +187,21 @@ def optimize(
 ) -> OptiCAMResult:
     r"""Run Opti-CAM (eqs. 8-11) on a batch and return maps, objective trace and weights.
 
-    Algorithm (SPEC §1.2, project defaults): features :math:`A_\ell(x)` computed once and held fixed;
-    network frozen and in eval mode; :math:`u = 0.5` for every channel (uniform weights: the initial
-    map is the channel mean); Adam over u only, lr 0.1; at most ``iterations`` = 100 updates.
+    Algorithm (Section 3.2 and App. A, project defaults): features :math:`A_\ell(x)` computed once
+    and held fixed; network frozen and in eval mode; :math:`u = 0.5` for every channel (uniform
+    weights: the initial map is the channel mean); Adam over u only, lr 0.1; at most
+    ``iterations`` = 100 updates.
 
-    Early stopping (project default 9): image i stops at iteration t when
+    Early stopping (App. A, applied per image): image i stops at iteration t when
     :math:`|L_i(t) - L_i(t-1)| < 10^{-10}` and keeps the u that produced :math:`L_i(t)`. Stopped images
     leave the batch, so an image's map does not depend on its batch-mates (the paper's rule, applied
     per image; the official code applies a different, batch-level rule).
 
-    ``official=True`` reproduces the official code instead (SPEC §7): 50 iterations unless given,
-    features through ReLU, one Adam over the batch-summed loss, and every ``iterations // 10`` steps
-    the whole batch stops if the summed loss rose since the previous check, returning the maps of that
-    step's forward pass. Results then depend on the batch (the official driver uses batches of 5).
+    ``official=True`` reproduces the official code instead (hanwei0912/OptiCAM): 50 iterations
+    unless given, features through ReLU, one Adam over the batch-summed loss, and every
+    ``iterations // 10`` steps the whole batch stops if the summed loss rose since the previous
+    check, returning the maps of that step's forward pass. Results then depend on the batch (the
+    official driver uses batches of 5).
 
     Args:
         iterations: maximum number of Adam updates (default 100; 50 when ``official``).
@@ -243,7 +247,7 @@ def optimize(
             objective_kind=objective_kind, normalization=normalization, init=init, tol=tol,
             snapshots=snapshots, use_channels_last=use_channels_last,
             autocast_dtype=autocast_dtype, progress=progress,
-            mode=None if compile is True else str(compile), stop_check_every=stop_check_every,
+            mode=compile_mode(compile), stop_check_every=stop_check_every,
         )  # fmt: skip
     size = tuple(images.shape[-2:])
     b = images.shape[0]
@@ -345,13 +349,7 @@ def _compiled_parts(model: nn.Module, size, normalization: str, mode: str | None
         def net(x):
             return logits_of(model(x))
 
-        # A mode of torch.compile ("max-autotune", ...) or the name of a backend ("aot_eager":
-        # graphs captured and differentiated, not code-generated: quick to build, for tests).
-        if mode in (None, "default", "reduce-overhead", "max-autotune",
-                    "max-autotune-no-cudagraphs"):  # fmt: skip
-            kw = {"dynamic": False, "mode": mode}
-        else:
-            kw = {"dynamic": False, "backend": mode}
+        kw = compile_options(mode)
         per_model[key] = _Compiled(
             torch.compile(sal, **kw), torch.compile(net, **kw), torch.compile(_adam_masked, **kw)
         )
@@ -459,7 +457,7 @@ def _optimize_compiled(
 
 
 class PerImageStop:
-    r"""The paper's stopping rule, applied per image (project default 9, App. A).
+    r"""The paper's stopping rule (App. A), applied per image (a project choice).
 
     Image i stops at iteration t when :math:`|L_i(t) - L_i(t-1)| < \mathrm{tol}` and keeps the u that
     produced :math:`L_i(t)`; stopped images leave the batch and receive no further Adam update, so an
@@ -483,7 +481,7 @@ class PerImageStop:
 
 
 class OfficialStop:
-    """The official code's rule (SPEC §7): one Adam over the batch-summed loss, and every
+    """The official code's rule (hanwei0912/OptiCAM): one Adam over the batch-summed loss, and every
     ``iterations // 10`` steps the whole batch stops if the summed loss rose since the previous check,
     returning the maps of that step's forward pass. Results then depend on the batch."""
 
@@ -532,7 +530,7 @@ def opticam(
     ``batch_size`` splits large batches into chunks (results are identical, since images are
     optimized independently, except in ``official`` mode whose stopping rule is batch-level).
     """
-    chunks = batch_chunks(images.shape[0], batch_size, images.device)
+    chunks = index_chunks(images.shape[0], batch_size, images.device)
     out = []
     for idx in chunks:
         res = optimize(

@@ -1,10 +1,11 @@
 r"""Extremal Perturbation (Fong, Patrick & Vedaldi, ICCV 2019), the paper's "ExPerturbation" baseline.
 
 Written from the paper, with every setting at the default of TorchRay's ``extremal_perturbation``
-(the implementation the Opti-CAM paper ran; facts from ``/work/shared/paper/BASELINES.md``, no code
-reused: TorchRay is CC BY-NC). For an image :math:`x`, a class score :math:`\Phi` and a target area
-:math:`a`, the *extremal perturbation* is the smooth mask of area :math:`a` that keeps the score
-highest when everything outside it is blurred ("preserve" variant):
+(facebookresearch/TorchRay, ``torchray/attribution/extremal_perturbation.py``: the implementation
+the Opti-CAM paper ran; no code reused: TorchRay is CC BY-NC). For an image :math:`x`, a class
+score :math:`\Phi` and a target area :math:`a`, the *extremal perturbation* is the smooth mask of
+area :math:`a` that keeps the score highest when everything outside it is blurred ("preserve"
+variant):
 
 .. math::
     m_a = \arg\max_{m} \; \Phi(m \otimes x) - \lambda\, R_a(m), \qquad
@@ -37,11 +38,12 @@ from torch import nn
 from tqdm import tqdm
 
 from ..models.outputs import logits_of
+from .base import index_chunks
 from .hooks import channels_last, frozen
 from .registry import register
-from .targets import SubsetTarget, Target, batch_chunks
+from .targets import SubsetTarget, Target
 
-#: TorchRay's defaults (``extremal_perturbation`` signature and body; BASELINES.md).
+#: TorchRay's defaults (``extremal_perturbation`` signature and body, facebookresearch/TorchRay).
 AREAS = (0.1,)
 ITERATIONS = 800
 NUM_LEVELS = 8
@@ -560,10 +562,7 @@ def extremal(
     none). ``batch_size`` splits the batch into chunks of that many images (same maps: rows are
     optimized independently).
     """
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    n = images.shape[0]
-    chunks = batch_chunks(n, batch_size, images.device)
+    chunks = index_chunks(images.shape[0], batch_size, images.device)
     out = []
     for idx in chunks:
         res = optimize(

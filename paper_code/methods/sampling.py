@@ -4,7 +4,7 @@ packages (``lime`` 0.2.0.1, BSD-2; Captum ``GradientShap``, BSD-3).
 Both are registered in :data:`paper_code.methods.METHODS` as
 ``fn(model, images, target, layer=None, **options) -> Tensor[B, 1, H, W]`` in [0, 1] and are normally
 called through :func:`paper_code.methods.explain`. Neither reads a feature layer. The paper gives no
-settings for either (SPEC §2); the defaults chosen here are listed in each docstring.
+settings for either (Section 5.2 names them only); the defaults chosen here are listed in each docstring.
 
 Conventions shared with the rest of the project: images are ``[B, 3, H, W]`` in [0, 1] (the model
 standardizes inside), the network is frozen (:func:`paper_code.methods.hooks.frozen`), the final map
@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..models.outputs import logits_of
+from .base import positive_int, resolve_batch_size
 from .hooks import frozen
 from .maps import normalize_range
 from .registry import register
@@ -77,12 +78,6 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
             yield
     finally:
         np.random.set_state(state)  # noqa: NPY002
-
-
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def _single_class(target: Target) -> torch.Tensor | None:
@@ -189,10 +184,8 @@ def lime_weights(
     """
     from lime.lime_image import LimeImageExplainer
 
-    num_samples = _check_positive_int("num_samples", num_samples)
-    if batch_size is None:
-        batch_size = 64 if images.is_cuda else 10
-    batch_size = _check_positive_int("batch_size", batch_size)
+    num_samples = positive_int("num_samples", num_samples)
+    batch_size = resolve_batch_size(batch_size, cpu=10, device=images.device)
     classes = _single_class(target)
     segment = segmentation_fn or quickshift_segmentation(kernel_size, max_dist, ratio, seed)
     b, _, h, w = images.shape
@@ -261,7 +254,7 @@ def lime(
     positive part, range-normalized per image (an image whose weights are all :math:`\le 0` gives
     zeros).
 
-    Options (the paper gives none; SPEC §2):
+    Options (the paper gives none, Section 5.2):
         num_samples: perturbed images per explanation; lime's default 1000.
         batch_size: perturbed images per forward pass (lime calls ``classifier_fn`` with this many);
             ``None``: 64 on a GPU, lime's default 10 on a CPU.
@@ -361,14 +354,14 @@ def gradientshap_attributions(
     """
     from captum.attr import GradientShap
 
-    n_samples = _check_positive_int("n_samples", n_samples)
+    n_samples = positive_int("n_samples", n_samples)
     if stdevs < 0:
         raise ValueError(f"stdevs must be >= 0, got {stdevs!r}")
     b = images.shape[0]
-    chunk = 1 if batch_size is None else _check_positive_int("batch_size", batch_size)
+    chunk = 1 if batch_size is None else positive_int("batch_size", batch_size)
     if samples_per_pass is None:
         samples_per_pass = n_samples if images.is_cuda else 10
-    per_pass = _check_positive_int("samples_per_pass", samples_per_pass)
+    per_pass = positive_int("samples_per_pass", samples_per_pass)
     passes = [min(per_pass, n_samples - k) for k in range(0, n_samples, per_pass)]
     out = []
     with frozen(model), torch.enable_grad():
@@ -419,7 +412,7 @@ def gradientshap(
     :math:`\phi` is :func:`gradientshap_attributions` (black baseline); the map sums it over the
     colour channels, keeps the positive part and range-normalizes per image.
 
-    Options (the paper gives none; SPEC §2):
+    Options (the paper gives none, Section 5.2):
         n_samples: samples per image, default 50 (Captum's own default is 5; 50 is the value of
             Captum's GradientSHAP tutorial and keeps the Monte-Carlo error of the path integral
             small: the per-image cost is 50 forward/backward passes).

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..models.outputs import logits_of
+from .base import class_indices
 
 Target = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -62,31 +63,13 @@ def resolve_classes(
     targets: int | Sequence[int] | torch.Tensor | None,
     num_classes: int,
 ) -> torch.Tensor:
-    """Class indices ``[B]`` (long, on the images' device). ``None`` means the predicted class."""
-    b = images.shape[0]
+    """Class indices ``[B]`` (long, on the images' device): :func:`paper_code.methods.base.class_indices`
+    of ``targets`` checked against ``num_classes``; ``None`` means the predicted class (one forward
+    pass of the batch), as in pytorch-grad-cam (jacobgil/pytorch-grad-cam, ``base_cam.py``)."""
     if targets is None:
         with torch.no_grad():
             return logits_of(model(images)).argmax(1)
-    if isinstance(targets, bool):
-        raise TypeError("targets must be class indices, not a bool")
-    if isinstance(targets, int):
-        classes = torch.full((b,), targets, dtype=torch.long)
-    else:
-        classes = torch.as_tensor(targets)
-        if classes.is_floating_point() or classes.dtype == torch.bool:
-            raise TypeError(f"targets must be integer class indices, got dtype {classes.dtype}")
-        classes = classes.long().reshape(-1)
-        if classes.numel() == 1 and b > 1:
-            classes = classes.expand(b).clone()
-        if classes.numel() != b:
-            raise ValueError(f"got {classes.numel()} targets for a batch of {b} images")
-    bad = (classes < 0) | (classes >= num_classes)
-    if bad.any():
-        raise ValueError(
-            f"target class {classes[bad][0].item()} out of range: the model has {num_classes} classes "
-            f"(valid 0..{num_classes - 1})"
-        )
-    return classes.to(images.device)
+    return class_indices(targets, images.shape[0], images.device, num_classes=num_classes)
 
 
 def resolve_targets(
@@ -109,11 +92,3 @@ class SubsetTarget:
 
     def __call__(self, logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         return self.target(logits, self.idx[index.to(self.idx.device)])
-
-
-def batch_chunks(n: int, batch_size: int | None, device: torch.device) -> list[torch.Tensor]:
-    """Index chunks of at most ``batch_size`` images (one chunk when ``None`` or large enough)."""
-    idx = torch.arange(n, device=device)
-    if batch_size is None or batch_size >= n:
-        return [idx]
-    return list(idx.split(batch_size))

@@ -12,23 +12,25 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 
-from ..methods.forward import evaluation_forward
-from ..methods.hooks import channels_last
-from .common import (
-    SPACES,
-    _check,
-    _check_choice,
-    _chunks,
-    _cl,
-    _classes,
-    _probs_of,
-    default_batch_size,
-    space_origin,
-)
+from ..methods.base import check_choice
+from .base import Evaluation, MetricInfo, metric
+from .common import SPACES, space_origin
 
 # --------------------------------------------------------------------------- AD / AG / AI
 
 
+#: AD and AI come from Grad-CAM++ (Chattopadhay et al., WACV 2018), AG from the Opti-CAM paper.
+_AD_AI = "Chattopadhay et al. 2018 (Grad-CAM++); Zhang et al. 2024 (Opti-CAM), Section 4"
+
+
+@metric(
+    AD=MetricInfo("Average Drop", "lower", "%", "13", "faithfulness", reference=_AD_AI),
+    AG=MetricInfo(
+        "Average Gain", "higher", "%", "15", "faithfulness",
+        reference="Zhang et al. 2024 (Opti-CAM), Section 4",
+    ),
+    AI=MetricInfo("Average Increase", "higher", "%", "14", "faithfulness", reference=_AD_AI),
+)  # fmt: skip
 def classification(
     model: nn.Module,
     images: torch.Tensor,
@@ -64,17 +66,20 @@ def classification(
 
     Returns:
         dict with ``AD``, ``AG``, ``AI`` (float64 ``[B]``, %), and ``p``, ``o`` (the probabilities).
+
+    A map of ones leaves every image as it is, so nothing drops and nothing increases:
+
+    >>> import paper_code
+    >>> model = paper_code.load_model("tiny")
+    >>> x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    >>> r = classification(model, x, torch.ones(2, 1, 224, 224), [3, 5])
+    >>> sorted(r), r["AD"].tolist(), r["AG"].tolist(), r["AI"].tolist()
+    (['AD', 'AG', 'AI', 'o', 'p'], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0])
     """
-    maps = _check(images, maps)
-    cls = _classes(model, images, targets, batch_size, compile)
-    ps, os_ = [], []
-    net = evaluation_forward(model, compile)
-    with channels_last(model), torch.inference_mode():
-        for sl in _chunks(images.shape[0], batch_size, progress, "AD/AG/AI"):
-            x = images[sl]
-            ps.append(_probs_of(net(_cl(x)), cls[sl]))
-            os_.append(_probs_of(net(_cl(x * maps[sl])), cls[sl]))
-    p, o = torch.cat(ps), torch.cat(os_)
+    ev = Evaluation(model, images, maps, batch_size=batch_size, progress=progress, compile=compile)
+    cls = ev.classes(targets)
+    p = ev.probs(lambda sl: ev.images[sl], cls, desc="AD/AG/AI (p)")
+    o = ev.probs(lambda sl: ev.images[sl] * ev.maps[sl], cls, desc="AD/AG/AI (o)")
     zero = torch.zeros_like(p)
     drop, gain = (p - o).clamp(min=0), (o - p).clamp(min=0)
     ad = torch.where(p > 0, drop / p.clamp(min=1e-300), zero) * 100
@@ -113,6 +118,10 @@ def rise_kernel1d(kernel_size: int = 11, sigma: float = 5.0, truncate: float = 4
     (:math:`R = 20`) is far wider than the 11 taps, so the Gaussian's tails fold back into them: the
     weights are 0.088-0.094, nearly a box filter, and they sum to 1. Computed here in float64 (no scipy
     at run time); ``tests/test_protocol_options.py`` checks it against scipy to 1e-12.
+
+    >>> u = rise_kernel1d()
+    >>> len(u), round(float(u.sum()), 12), round(float(u.min()), 3), round(float(u.max()), 3)
+    (11, 1.0, 0.088, 0.094)
     """
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be odd and >= 1, got {kernel_size}")
@@ -130,7 +139,12 @@ def rise_kernel1d(kernel_size: int = 11, sigma: float = 5.0, truncate: float = 4
 
 def sampled_kernel1d(kernel_size: int = 11, sigma: float = 5.0) -> torch.Tensor:
     r"""A Gaussian sampled at the ``kernel_size`` integer offsets and normalized to sum 1 (torchvision's
-    ``gaussian_blur`` kernel), float64: :math:`u_i \propto e^{-i^2/2\sigma^2}`, :math:`|i| \le k/2`."""
+    ``gaussian_blur`` kernel), float64: :math:`u_i \propto e^{-i^2/2\sigma^2}`, :math:`|i| \le k/2`.
+
+    >>> u = sampled_kernel1d()
+    >>> len(u), round(float(u.sum()), 12), round(float(u[0]), 3), round(float(u[5]), 3)
+    (11, 1.0, 0.066, 0.109)
+    """
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be odd and >= 1, got {kernel_size}")
     if sigma <= 0:
@@ -179,9 +193,18 @@ def blur_substrate(
     the RISE kernel removes more detail, while zero padding adds dark (or grey) borders, so the sign
     of the change depends on the image (the protocol-choices page of the book gives measured
     values). Deletion does not use the blur.
+
+    A constant image stays constant under reflection (the kernel sums to 1); zero padding darkens
+    its border:
+
+    >>> x = torch.full((1, 3, 16, 16), 0.5)
+    >>> [round(float(v), 5) for v in blur_substrate(x, padding="reflect").aminmax()]
+    [0.5, 0.5]
+    >>> float(blur_substrate(x)[0, 0, 0, 0]) < 0.5
+    True
     """
-    _check_choice("kernel", kernel, BLUR_KERNELS)
-    _check_choice("padding", padding, BLUR_PADDINGS)
+    check_choice("kernel", kernel, BLUR_KERNELS)
+    check_choice("padding", padding, BLUR_PADDINGS)
     if kernel == "sampled" and padding == "reflect":
         return gaussian_blur(images, [kernel_size, kernel_size], [sigma, sigma])
     make = rise_kernel1d if kernel == "rise" else sampled_kernel1d
@@ -217,8 +240,11 @@ def saliency_ranks(maps: torch.Tensor, tie_break: str = "raster") -> torch.Tenso
     ones everywhere but one pixel; zero regions of ReLU-ed CAMs) are processed in a different order:
     e.g. a Fake-CAM deletion removes the image from the top row down under ``"raster"`` and, with
     numpy's order for such a map, roughly from the bottom row up under ``"numpy"``.
+
+    >>> saliency_ranks(torch.tensor([[[[0.1, 0.9], [0.5, 0.5]]]])).tolist()
+    [[3, 0, 1, 2]]
     """
-    _check_choice("tie_break", tie_break, (*TIE_BREAKS, "numpy_negated"))
+    check_choice("tie_break", tie_break, (*TIE_BREAKS, "numpy_negated"))
     flat = maps.flatten(1)
     if tie_break == "raster":
         order = torch.sort(flat, dim=1, descending=True, stable=True).indices
@@ -237,6 +263,14 @@ def _auc(curves: torch.Tensor) -> torch.Tensor:
     return (curves.sum(-1) - curves[..., 0] / 2 - curves[..., -1] / 2) / (n - 1)
 
 
+#: RISE's insertion/deletion (Petsiuk et al., BMVC 2018), the paper's Section 5.3.2.
+_RISE = "Petsiuk et al. 2018 (RISE); eclique/RISE evaluation.py (CausalMetric)"
+
+
+@metric(
+    I=MetricInfo("Insertion", "higher", "%", "§5.3.2 (RISE)", "faithfulness", reference=_RISE),
+    D=MetricInfo("Deletion", "lower", "%", "§5.3.2 (RISE)", "faithfulness", reference=_RISE),
+)
 def insertion_deletion(
     model: nn.Module,
     images: torch.Tensor,
@@ -317,20 +351,34 @@ def insertion_deletion(
     Returns:
         dict with ``I`` and/or ``D`` (float64 ``[B]``, %), ``classes`` ``[B]``; with ``return_curves``
         also ``I_curve`` / ``D_curve`` (float64 ``[B, n + 1]``, probabilities).
+
+    Two steps of half the pixels each give three points per curve; the class defaults to the
+    predicted one:
+
+    >>> import paper_code
+    >>> model = paper_code.load_model("tiny")
+    >>> x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    >>> maps = torch.rand(2, 1, 224, 224, generator=torch.Generator().manual_seed(1))
+    >>> r = insertion_deletion(model, x, maps, step=224 * 112, return_curves=True)
+    >>> sorted(r), tuple(r["I"].shape), tuple(r["D_curve"].shape)
+    (['D', 'D_curve', 'I', 'I_curve', 'classes'], (2,), (2, 3))
+    >>> r["classes"].tolist() == paper_code.metrics.class_probs(model, x)[1].tolist()
+    True
     """
-    maps = _check(images, maps)
+    ev = Evaluation(model, images, maps, batch_size=batch_size, progress=progress, compile=compile)
+    maps = ev.maps
     if step < 1:
         raise ValueError(f"step must be >= 1, got {step}")
     modes = tuple(modes)
     if not modes or any(m not in ("I", "D") for m in modes):
         raise ValueError(f"modes must be a non-empty subset of ('I', 'D'), got {modes}")
-    _check_choice("blur_kernel", blur_kernel, BLUR_KERNELS)
-    _check_choice("blur_padding", blur_padding, BLUR_PADDINGS)
-    _check_choice("substrate_space", substrate_space, SPACES)
-    _check_choice("tie_break", tie_break, TIE_BREAKS)
+    check_choice("blur_kernel", blur_kernel, BLUR_KERNELS)
+    check_choice("blur_padding", blur_padding, BLUR_PADDINGS)
+    check_choice("substrate_space", substrate_space, SPACES)
+    check_choice("tie_break", tie_break, TIE_BREAKS)
     b, _, h, w = images.shape
     origin = space_origin(model, substrate_space, images, input_mean)  # [1, 3, 1, 1]
-    cls = _classes(model, images, classes, batch_size, compile)
+    cls = ev.classes(classes)
     n_steps = math.ceil(h * w / step)
     n_eval = n_steps + 1
     ranks = saliency_ranks(maps, tie_break).view(b, 1, h, w).int()
@@ -355,29 +403,28 @@ def insertion_deletion(
             finishes.append(images)
     start, finish = torch.cat(starts), torch.cat(finishes)
     total = len(modes) * b * n_eval
-    probs = torch.empty(total, dtype=torch.float64, device=images.device)
     thresholds = (torch.arange(n_eval, device=images.device, dtype=torch.int32) * step).view(
         -1, 1, 1, 1
     )
-    batch_size = default_batch_size() if batch_size is None else batch_size
-    buf = torch.empty((min(batch_size, total), 3, h, w), dtype=images.dtype, device=images.device)
-    net = evaluation_forward(model, compile)
-    with channels_last(model), torch.inference_mode():
-        for sl in _chunks(total, batch_size, progress, "insertion/deletion"):
-            # Evaluation e <-> (row = mode * B + image, step t); a chunk spans few rows, so we loop over
-            # rows (not steps) and let broadcasting build all of a row's steps in the chunk at once.
-            x = buf[: sl.stop - sl.start]
-            e = sl.start
-            while e < sl.stop:
-                row, t0 = divmod(e, n_eval)
-                t1 = min(n_eval, t0 + sl.stop - e)
-                done = ranks[row % b] < thresholds[t0:t1]  # [T, 1, H, W]
-                torch.where(
-                    done, finish[row], start[row], out=x[e - sl.start : e - sl.start + t1 - t0]
-                )
-                e += t1 - t0
-            rows = torch.arange(sl.start, sl.stop, device=images.device) // n_eval
-            probs[sl] = _probs_of(net(_cl(x)), cls[rows % b])
+    buf = torch.empty(
+        (min(ev.batch_size, total), 3, h, w), dtype=images.dtype, device=images.device
+    )
+
+    def perturbed(sl: slice) -> torch.Tensor:
+        # Evaluation e <-> (row = mode * B + image, step t); a chunk spans few rows, so we loop over
+        # rows (not steps) and let broadcasting build all of a row's steps in the chunk at once.
+        x = buf[: sl.stop - sl.start]
+        e = sl.start
+        while e < sl.stop:
+            row, t0 = divmod(e, n_eval)
+            t1 = min(n_eval, t0 + sl.stop - e)
+            done = ranks[row % b] < thresholds[t0:t1]  # [T, 1, H, W]
+            torch.where(done, finish[row], start[row], out=x[e - sl.start : e - sl.start + t1 - t0])
+            e += t1 - t0
+        return x
+
+    rows = torch.arange(total, device=images.device) // n_eval
+    probs = ev.probs(perturbed, cls[rows % b], n=total, desc="insertion/deletion")
     curves = probs.view(len(modes), b, n_eval)
     out: dict[str, torch.Tensor] = {"classes": cls}
     for i, m in enumerate(modes):
@@ -393,6 +440,12 @@ def insertion_deletion(
 AGGREGATIONS = ("samek", "quantus")
 
 
+@metric(
+    AOPC=MetricInfo(
+        "AOPC", "higher", "%", "§5.3.3 (Samek 2016)", "faithfulness",
+        reference="Samek et al. 2016; Quantus RegionPerturbation",
+    )
+)  # fmt: skip
 def aopc(
     model: nn.Module,
     images: torch.Tensor,
@@ -437,7 +490,7 @@ def aopc(
     default ``softmax=True``); default class: the predicted class. Baselines (pixel space, before
     standardization): ``"black"`` (0), ``"min"`` (the per-image minimum over all channels and pixels,
     which is what Quantus 0.6's ``"black"`` actually is: ``arr.min()``, equal to 0 whenever the image
-    has a 0 value; Quantus' current default, older versions used ``"uniform"``, SPEC §3.4), ``"mean"``
+    has a 0 value; Quantus' current default, older versions used ``"uniform"``), ``"mean"``
     (per-channel mean of the region), ``"uniform"`` (U(0, 1) noise from a CPU generator seeded with
     ``seed``), or a float constant.
 
@@ -459,17 +512,20 @@ def aopc(
         ``AOPC_curve`` ``[B, L + 1]`` (probabilities :math:`f_c(x_k)`, :math:`k = 0..L`); with
         ``return_drops`` also ``AOPC_drops`` ``[B, L]`` (:math:`d_k`, :math:`k = 1..L`, as fractions:
         Quantus' curve).
+
+    >>> import paper_code
+    >>> model = paper_code.load_model("tiny")
+    >>> x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    >>> maps = torch.rand(2, 1, 224, 224, generator=torch.Generator().manual_seed(1))
+    >>> r = aopc(model, x, maps, [3, 5], patch=56, regions=2, return_curves=True)
+    >>> sorted(r), tuple(r["AOPC_curve"].shape), r["classes"].tolist()
+    (['AOPC', 'AOPC_curve', 'classes'], (2, 3), [3, 5])
     """
-    maps = _check(images, maps)
-    _check_choice("aggregation", aggregation, AGGREGATIONS)
-    _check_choice("tie_break", tie_break, TIE_BREAKS)
+    ev = Evaluation(model, images, maps, batch_size=batch_size, progress=progress, compile=compile)
+    maps = ev.maps
+    check_choice("aggregation", aggregation, AGGREGATIONS)
+    check_choice("tie_break", tie_break, TIE_BREAKS)
     b, _, h, w = images.shape
-    cls = _classes(model, images, classes, batch_size, compile)
-    sums = nn.functional.avg_pool2d(maps, patch, patch, ceil_mode=True, divisor_override=1)
-    gh, gw = sums.shape[-2:]
-    order = "raster" if tie_break == "raster" else "numpy_negated"
-    pranks = saliency_ranks(sums, order).view(b, 1, gh, gw)
-    pranks = pranks.repeat_interleave(patch, 2).repeat_interleave(patch, 3)[..., :h, :w]
     if baseline == "black":
         base = torch.zeros_like(images[:1]).expand_as(images)
     elif baseline == "min":
@@ -486,16 +542,21 @@ def aopc(
         raise ValueError(
             f"baseline must be 'black', 'min', 'mean', 'uniform' or a number, got {baseline!r}"
         )
+    cls = ev.classes(classes)
+    sums = nn.functional.avg_pool2d(maps, patch, patch, ceil_mode=True, divisor_override=1)
+    gh, gw = sums.shape[-2:]
+    order = "raster" if tie_break == "raster" else "numpy_negated"
+    pranks = saliency_ranks(sums, order).view(b, 1, gh, gw)
+    pranks = pranks.repeat_interleave(patch, 2).repeat_interleave(patch, 3)[..., :h, :w]
     n_eval = regions + 1
-    total = b * n_eval
-    probs = torch.empty(total, dtype=torch.float64, device=images.device)
-    net = evaluation_forward(model, compile)
-    with channels_last(model), torch.inference_mode():
-        for sl in _chunks(total, batch_size, progress, "AOPC"):
-            e = torch.arange(sl.start, sl.stop, device=images.device)
-            img, k = e // n_eval, e % n_eval
-            x = torch.where(pranks[img] < k.view(-1, 1, 1, 1), base[img], images[img])
-            probs[sl] = _probs_of(net(_cl(x)), cls[img])
+    e = torch.arange(b * n_eval, device=images.device)
+    img_of, k_of = e // n_eval, e % n_eval  # evaluation e: image e // (L + 1), k = e % (L + 1)
+
+    def perturbed(sl: slice) -> torch.Tensor:
+        img, k = img_of[sl], k_of[sl]
+        return torch.where(pranks[img] < k.view(-1, 1, 1, 1), base[img], images[img])
+
+    probs = ev.probs(perturbed, cls[img_of], n=b * n_eval, desc="AOPC")
     curve = probs.view(b, n_eval)
     drops = curve[:, :1] - curve  # [B, L + 1], d_0 = 0
     score = drops.mean(1) if aggregation == "samek" else drops[:, 1:].mean(1)

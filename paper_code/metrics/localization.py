@@ -1,4 +1,5 @@
-r"""Localization metrics of Appendix B (Tables A.7/A.8) and the box helpers of Table 5 (SPEC §3.5–3.6).
+r"""Localization metrics of Appendix B (Tables A.7/A.8) and the box helpers of Table 5
+(Section 5.4).
 
 **Box convention** (a project choice; the paper is silent). A box is ``(x0, y0, x1, y1)`` in continuous
 pixel coordinates of the 224×224 crop, pixel ``(row i, col j)`` covering :math:`[j, j+1)\times[i, i+1)`:
@@ -10,7 +11,8 @@ this convention as ``(xmin, ymin, xmax + 1, ymax + 1)`` before the resize/crop.
 **Ground truth** per image: a ``[n, 4]`` tensor (or list of 4-tuples). An image whose union mask
 :math:`U` is empty (``n = 0``, or boxes cropped away) is **excluded** (``valid = False``, NaN
 scores, never a hit) and counted by :func:`summarize_localization`; unlike Quantus' pointing game, an
-empty mask never becomes a hit (ANCHORS §4.2).
+empty mask never becomes a hit (Quantus ``PointingGame``: numpy casts the NaN it assigns to an
+empty mask to ``True``).
 
 **Connected components** use scipy.ndimage.label with 8-connectivity, one call per image on the CPU
 (the only non-torch step of the package; the paper does not name its connectivity). The largest
@@ -27,7 +29,8 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from ..models.outputs import logits_of
+from ..methods.base import check_choice, check_maps
+from .base import Evaluation, MetricInfo, metric
 
 #: BoxAcc thresholds η: 100 evenly spaced values in [0, 1) (Choe et al. 2020 use a similar grid).
 ETAS = tuple(i / 100 for i in range(100))
@@ -69,7 +72,7 @@ def box_mask(boxes: Boxes, size: int | tuple[int, int] = 224) -> torch.Tensor:
 
 
 def box_variants(maps: torch.Tensor, box_masks: torch.Tensor) -> dict[str, torch.Tensor]:
-    r"""The four maps of Table 5 (SPEC §3.6), to be scored with AD/AG/AI:
+    r"""The four maps of Table 5 (Section 5.4), to be scored with AD/AG/AI:
 
     ``"S := B"`` the box mask :math:`B`; ``"S := I∖B"`` its complement :math:`1 - B`; ``"B∩S"`` the
     product :math:`S\cdot B`; ``"S∖B"`` the product :math:`S\cdot(1 - B)`.
@@ -114,11 +117,6 @@ def _stack_boxes(masks: np.ndarray) -> np.ndarray:
 
 #: How BoxAcc draws boxes around a thresholded map.
 BOX_RULES = ("largest_component", "every_contour")
-
-
-def _check_rule(box_rule: str) -> None:
-    if box_rule not in BOX_RULES:
-        raise ValueError(f"box_rule must be one of {BOX_RULES}, got {box_rule!r}")
 
 
 def _stack_contour_boxes(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -167,7 +165,7 @@ def threshold_boxes(
       wsolevaluation, ``multi_contour_eval``): every component and every hole
       (:func:`_stack_contour_boxes`).
     """
-    _check_rule(box_rule)
+    check_choice("box_rule", box_rule, BOX_RULES)
     raw = maps.detach().cpu()
     eta_t = torch.as_tensor(
         list(etas), dtype=raw.dtype if raw.is_floating_point() else torch.float64
@@ -219,24 +217,57 @@ def box_crop_probs(
     resized back to the input size (bilinear, ``torchvision.ops.roi_align`` with ``aligned=True``,
     one sample per output pixel), for the SM's :math:`p_c` in Dabkowski & Gal's definition. A
     whole-image box reproduces the image exactly, so :math:`p_c` is then the plain probability.
+
+    >>> import paper_code
+    >>> model, x = paper_code.load_model("tiny"), torch.rand(2, 3, 224, 224)
+    >>> p = box_crop_probs(model, x, torch.tensor([[0, 0, 224, 224], [10, 20, 110, 120.0]]), [3, 5])
+    >>> p.dtype, tuple(p.shape)
+    (torch.float64, (2,))
     """
     from torchvision.ops import roi_align
 
+    # The network's plain forward (standard memory layout, never compiled), as the SM has always
+    # been computed here.
+    ev = Evaluation(model, images, batch_size=batch_size, compile=False, channels_last=False)
     b, _, h, w = images.shape
-    cls = torch.as_tensor(classes, device=images.device).long().reshape(-1).expand(b)
     rois = torch.cat([torch.arange(b, dtype=torch.float64)[:, None], boxes.double().cpu()], 1)
     rois = rois.to(images)
-    out = []
-    with torch.inference_mode():
-        for s in range(0, b, batch_size):
-            r = rois[s : s + batch_size].clone()
-            r[:, 0] -= s
-            crops = roi_align(images[s : s + batch_size], r, (h, w), 1.0, 1, aligned=True)
-            logits = logits_of(model(crops)).double()
-            out.append(logits.softmax(1).gather(1, cls[s : s + batch_size, None])[:, 0])
-    return torch.cat(out)
+
+    def crops(sl: slice) -> torch.Tensor:
+        r = rois[sl].clone()
+        r[:, 0] -= sl.start
+        return roi_align(images[sl], r, (h, w), 1.0, 1, aligned=True)
+
+    return ev.probs(crops, ev.classes(classes), desc="SM crops")
 
 
+#: Where the localization metrics are defined (the paper's Appendix B, Tables A.7/A.8).
+_APP_B = "Zhang et al. 2024 (Opti-CAM), App. B"
+
+
+@metric(
+    OM=MetricInfo(
+        "Official metric", "lower", "%", "App. B", "localization",
+        reference=_APP_B + " (ILSVRC localization)",
+    ),
+    LE=MetricInfo(
+        "Localization error", "lower", "%", "App. B", "localization",
+        reference=_APP_B + " (ILSVRC localization)",
+    ),
+    F1=MetricInfo("Pixel-wise F1", "higher", "%", "App. B", "localization", reference=_APP_B),
+    SP=MetricInfo(
+        "Standard pointing", "higher", "%", "App. B", "localization",
+        reference="Zhang et al. 2018 (excitation backprop, pointing game)",
+    ),
+    EP=MetricInfo(
+        "Energy pointing", "higher", "%", "App. B", "localization",
+        reference="Wang et al. 2020 (Score-CAM, energy-based pointing game)",
+    ),
+    SM=MetricInfo(
+        "Saliency metric", "lower", "log-ratio", "App. B", "localization",
+        reference="Dabkowski & Gal 2017",
+    ),
+)  # fmt: skip
 def localization(
     maps: torch.Tensor,
     boxes: Boxes,
@@ -247,7 +278,7 @@ def localization(
     deltas: Sequence[float] = DELTAS,
     box_rule: str = "largest_component",
 ) -> dict[str, torch.Tensor]:
-    r"""Localization metrics of Appendix B, per image (SPEC §3.5), for maps ``[B, 1, H, W]`` of the GT class.
+    r"""Localization metrics of Appendix B, per image, for maps ``[B, 1, H, W]`` of the GT class.
 
     With :math:`\mathfrak B` the GT boxes, :math:`U` their union, :math:`B_p` = :func:`predicted_boxes`
     and :math:`\mathrm{IoU}^* = \max_{B\in\mathfrak B}\mathrm{IoU}(B, B_p)`:
@@ -293,10 +324,19 @@ def localization(
     Returns:
         dict of ``[B]`` float64 tensors ``OM LE F1 SP EP SM P R IoU`` plus ``valid`` (bool),
         ``pred_box`` ``[B, 4]`` and ``box_hits``; all on the CPU.
+
+    A map that is hot exactly on the box localizes it perfectly:
+
+    >>> maps = torch.zeros(1, 1, 8, 8)
+    >>> maps[..., 2:4, 2:4] = 1
+    >>> r = localization(maps, [[[2, 2, 4, 4]]], etas=(0.0, 0.5))
+    >>> r["LE"].tolist(), r["F1"].tolist(), r["SP"].tolist(), r["EP"].tolist()
+    ([0.0], [100.0], [100.0], [100.0])
+    >>> box_accuracy(r["box_hits"], r["valid"])["BoxAcc"]
+    100.0
     """
-    if maps.dim() != 4 or maps.shape[1] != 1:
-        raise ValueError(f"maps must be [B, 1, H, W], got {list(maps.shape)}")
-    _check_rule(box_rule)
+    check_maps(maps)
+    check_choice("box_rule", box_rule, BOX_RULES)
     b, _, h, w = maps.shape
     gt = _as_boxes(boxes)
     if len(gt) != b:
@@ -366,6 +406,12 @@ def localization(
     return out
 
 
+@metric(
+    BoxAcc=MetricInfo(
+        "MaxBoxAccV2", "higher", "%", "App. B", "localization",
+        reference="Choe et al. 2020; clovaai/wsolevaluation",
+    )
+)  # fmt: skip
 def box_accuracy(
     box_hits: torch.Tensor, valid: torch.Tensor | None = None, deltas: Sequence[float] = DELTAS
 ) -> dict[str, object]:
@@ -376,6 +422,11 @@ def box_accuracy(
 
     over valid images only. Returns ``BoxAcc`` (float, %), ``per_delta`` (tensor, %) and ``best_eta``
     (index of the maximizing η per δ).
+
+    >>> hits = torch.zeros(4, 2, 3, dtype=torch.bool)
+    >>> hits[:3, 1] = True  # 3 of 4 images hit at the second threshold, for every delta
+    >>> box_accuracy(hits)["BoxAcc"]
+    75.0
     """
     hits = box_hits if valid is None else box_hits[torch.as_tensor(valid).bool()]
     if hits.shape[0] == 0:

@@ -7,36 +7,24 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .common import (
-    SPACES,
-    Explainer,
-    _as_classes,
-    _check,
-    _check_choice,
-    _chunks,
-    _classes,
-    class_probs,
-    space_origin,
-)
+from ..methods.base import check_choice
+from .base import Evaluation, Explainer, MetricInfo, metric
+from .common import SPACES, space_origin
 
 # --------------------------------------------------------------------------- Max-Sensitivity
-
-
-def _explain_chunks(
-    explainer: Explainer,
-    x: torch.Tensor,
-    c: torch.Tensor,
-    bs: int | None,
-    progress: bool = False,
-    desc: str = "",
-) -> torch.Tensor:
-    return torch.cat([explainer(x[sl], c[sl]) for sl in _chunks(x.shape[0], bs, progress, desc)])
 
 
 def uniform_perturbation(
     images: torch.Tensor, radius: float, generator: torch.Generator, clamp: bool = True
 ) -> torch.Tensor:
-    """x + U(−r, r) noise, drawn on the CPU from ``generator`` (device-independent), clamped to [0, 1]."""
+    """x + U(−r, r) noise, drawn on the CPU from ``generator`` (device-independent), clamped to
+    [0, 1]: Max-Sensitivity's input perturbation (Yeh et al. 2019; Quantus' ``uniform_noise``).
+
+    >>> x = torch.full((1, 3, 2, 2), 0.5)
+    >>> y = uniform_perturbation(x, 0.2, torch.Generator().manual_seed(0))
+    >>> bool(((y - x).abs() <= 0.2).all()), tuple(y.shape)
+    (True, (1, 3, 2, 2))
+    """
     noise = (
         torch.rand(images.shape, generator=generator, dtype=images.dtype) * (2 * radius) - radius
     )
@@ -49,6 +37,12 @@ NORMALIZATIONS = ("explanation", "input")
 UNPERTURBED_MAPS = ("recompute", "given")
 
 
+@metric(
+    MS=MetricInfo(
+        "Max-Sensitivity", "lower", "ratio", "§5.3.3 (Yeh 2019)", "robustness",
+        reference="Yeh et al. 2019; Quantus MaxSensitivity",
+    )
+)  # fmt: skip
 def max_sensitivity(
     explainer: Explainer,
     images: torch.Tensor,
@@ -71,8 +65,8 @@ def max_sensitivity(
 
     with :math:`r` = ``radius`` (Quantus' ``lower_bound``, 0.2 in the paper), :math:`N` = ``samples``
     (10), the map recomputed by ``explainer(images, classes) -> maps [B, 1, H, W]`` for the *same*
-    classes, and a denominator :math:`D(x)` that **the paper does not settle** (SPEC §3.4: "Quantus,
-    lower bound 0.2, 10 samples", version not given), because Quantus changed it between versions:
+    classes, and a denominator :math:`D(x)` that **the paper does not settle** (Section 5.3.3: Quantus,
+    lower bound 0.2, 10 samples; version not given), because Quantus changed it between versions:
 
     * ``normalize_by="explanation"`` (default): :math:`D = \lVert S(x)\rVert_F`. This is what the
       batched ``MaxSensitivity.evaluate_batch`` of **Quantus 0.6.0** computes
@@ -97,7 +91,7 @@ def max_sensitivity(
     (r = 0.2 is about 0.9 standard deviations of ImageNet pixels), and the result is **clamped to
     [0, 1]** (``clamp=False`` keeps it unclamped). Quantus instead adds unclamped noise to whatever
     array the model takes as input: the [0, 1] image when standardization is a layer inside the model
-    (as in the official Opti-CAM code, SPEC §3.1), the standardized tensor otherwise. Quantus draws
+    (as in the official Opti-CAM code, hanwei0912/OptiCAM), the standardized tensor otherwise. Quantus draws
     from ``np.random`` (global state); we draw from a CPU generator seeded with ``seed``, sample by
     sample, each sample one ``[B, 3, H, W]`` tensor (device-independent). Other choices: a zero
     denominator is replaced by 1 (as Captum; Quantus would return inf/NaN); maps are not
@@ -117,16 +111,24 @@ def max_sensitivity(
     * ``"given"``: :math:`S(x)` = ``maps`` (required), and each :math:`S(x + \epsilon_s)` is
       **rounded to** ``maps.dtype`` before the difference, so both sides carry the same precision
       (a float16 cache gives float16-rounded perturbed maps); saves the extra explanation.
+
+    A deterministic explainer and no noise give exactly 0; noise gives a positive ratio:
+
+    >>> explainer = lambda x, c: x.mean(1, keepdim=True)
+    >>> x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    >>> max_sensitivity(explainer, x, [0, 1], radius=0.0, samples=3).tolist()
+    [0.0, 0.0]
+    >>> bool((max_sensitivity(explainer, x, [0, 1]) > 0).all())
+    True
     """
-    _check(images)
-    _check_choice("normalize_by", normalize_by, NORMALIZATIONS)
-    _check_choice("unperturbed_maps", unperturbed_maps, UNPERTURBED_MAPS)
+    ev = Evaluation(None, images, batch_size=batch_size, progress=progress)
+    check_choice("normalize_by", normalize_by, NORMALIZATIONS)
+    check_choice("unperturbed_maps", unperturbed_maps, UNPERTURBED_MAPS)
     if unperturbed_maps == "given" and maps is None:
         raise ValueError("unperturbed_maps='given' needs maps (S(x)); got maps=None")
-    cls = _as_classes(classes, images.shape[0], images.device)
-    # The explainer runs with autograd enabled: gradient methods and Opti-CAM need it.
+    cls = ev.classes(classes)
     if unperturbed_maps == "recompute":
-        s0 = _explain_chunks(explainer, images, cls, batch_size).detach()
+        s0 = ev.explain(explainer, images, cls)
         given_dtype = None
     else:
         s0, given_dtype = maps.detach(), maps.dtype
@@ -140,10 +142,7 @@ def max_sensitivity(
         # together in chunks of batch_size: no chunk is smaller than it has to be.
         xs = torch.cat([uniform_perturbation(images, radius, gen, clamp) for _ in range(samples)])
         b = images.shape[0]
-        with torch.enable_grad():
-            s1 = _explain_chunks(
-                explainer, xs, cls.repeat(samples), batch_size, progress, "Max-Sensitivity"
-            ).detach()
+        s1 = ev.explain(explainer, xs, cls.repeat(samples), "Max-Sensitivity", progress)
         if given_dtype is not None:
             s1 = s1.to(given_dtype)  # same precision as the given S(x)
         s1 = s1.flatten(1).view(samples, b, -1)
@@ -168,6 +167,13 @@ def _pearson(a: torch.Tensor, b: torch.Tensor, undefined: float = 0.0) -> torch.
     return torch.where(den > 0, (a * b).sum(1) / den.clamp(min=1e-300), fill)
 
 
+@metric(
+    ADCC=MetricInfo(
+        # The paper's Table 4 header says ADCC ↓; it is higher-is-better by construction.
+        "ADCC", "higher", "%", "§5.3.3 (Poppi 2021)", "complexity",
+        reference="Poppi et al. 2021; aimagelab/ADCC",
+    )
+)  # fmt: skip
 def adcc(
     model: nn.Module,
     explainer: Explainer,
@@ -227,22 +233,29 @@ def adcc(
 
     Returns:
         dict with ``ADCC`` (%), ``coherency``, ``complexity``, ``AD`` (fractions), all float64 ``[B]``.
+
+    >>> import paper_code
+    >>> model = paper_code.load_model("tiny")
+    >>> explainer = lambda x, c: x.mean(1, keepdim=True)
+    >>> x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    >>> r = adcc(model, explainer, x, explainer(x, None))
+    >>> sorted(r), [bool(((v >= 0) & (v <= 100)).all()) for v in r.values()]
+    (['AD', 'ADCC', 'coherency', 'complexity'], [True, True, True, True])
     """
-    maps = _check(images, maps)
-    _check_choice("masking_space", masking_space, SPACES)
-    _check_choice("constant_maps", constant_maps, CONSTANT_MAPS)
+    ev = Evaluation(model, images, maps, batch_size=batch_size, progress=progress, compile=compile)
+    maps = ev.maps
+    check_choice("masking_space", masking_space, SPACES)
+    check_choice("constant_maps", constant_maps, CONSTANT_MAPS)
     origin = space_origin(model, masking_space, images, input_mean)
-    cls = _classes(model, images, classes, batch_size, compile)
+    cls = ev.classes(classes)
     masked = images * maps if masking_space == "pixel" else (images - origin) * maps + origin
-    # The explainer runs with autograd enabled: gradient methods and Opti-CAM need it.
-    s2 = _explain_chunks(explainer, masked, cls, batch_size).detach().to(images.device)
+    s2 = ev.explain(explainer, masked, cls)
     s1f, s2f = maps.flatten(1).double(), s2.flatten(1).double()
     undefined = 0.0 if constant_maps == "zero_correlation" else float("nan")
     coherency = (_pearson(s1f, s2f, undefined) + 1) / 2
     complexity = s1f.abs().mean(1)
-    kw = dict(batch_size=batch_size, progress=progress, compile=compile)
-    p = class_probs(model, images, cls, **kw)[0]
-    o = class_probs(model, masked, cls, **kw)[0]
+    p = ev.probs(lambda sl: images[sl], cls, desc="ADCC (p)")
+    o = ev.probs(lambda sl: masked[sl], cls, desc="ADCC (o)")
     # AD of eq. (13) as a fraction (0/0 := 0 when p = 0, as :func:`classification`).
     ad = torch.where(p > 0, (p - o).clamp(min=0) / p.clamp(min=1e-300), torch.zeros_like(p))
     comps = torch.stack([coherency, 1 - complexity, 1 - ad])

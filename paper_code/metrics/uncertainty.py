@@ -1,5 +1,5 @@
 r"""Uncertainty of the tables' means: percentile bootstrap over images, paired differences, verdicts, and
-run-to-run spread (issue 14).
+run-to-run spread.
 
 Every table reports a mean over images :math:`\bar v = \frac1n\sum_i v_i`. Its 95% **percentile
 bootstrap** interval resamples the :math:`n` images with replacement :math:`R` times (default 1000),
@@ -226,7 +226,7 @@ def paired_summary(
     ``diff_hi`` and ``verdict`` (of the claim "a is better than b"; ``direction`` defaults to
     ``METRICS[metric].direction``).
     """
-    from .common import METRICS
+    from .base import METRICS
 
     keys = _keys(by)
     if direction is None:

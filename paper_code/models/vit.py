@@ -1,15 +1,16 @@
 """Vision transformers of the paper (Table 2, Table A.8, Table 3): ViT-B/16 and DeiT-B/16 from ``timm``.
 
-Both are wrapped as :class:`~paper_code.models.cnn.Classifier` (``family="vit"``) and take images
+Both are wrapped as :class:`~paper_code.models.base.Classifier` (``family="vit"``) and take images
 ``[B, 3, 224, 224]`` in **[0, 1] pixel space**; their input standardization is the first layer, so masks
-multiply the [0, 1] image before standardization, as for the CNNs (SPEC "Defaults" 7).
+multiply the [0, 1] image before standardization, as for the CNNs
+(:mod:`paper_code.models.base`).
 
 Weights (pinned timm tags, :data:`WEIGHT_TAGS`):
 
 - ``vit_base_patch16_224`` -> ``vit_base_patch16_224.orig_in21k_ft_in1k``: the original ViT-B/16 of
   Dosovitskiy et al. (ImageNet-21k pre-training, ImageNet-1k fine-tuning, Google's JAX checkpoint
   ``jx_vit_base_p16_224-80ecf9dd``). It is the checkpoint of Chefer et al.'s Transformer-Explainability
-  code, which the paper names as its implementation of RawAtt, Rollout and TIBAV (SPEC §2); the paper
+  code, which the paper names as its implementation of RawAtt, Rollout and TIBAV (Section 5.2); the paper
   gives no tag. timm's *default* tag for this name has changed over versions (``augreg_in21k_ft_in1k``,
   then ``augreg2_in21k_ft_in1k`` since timm 0.9), so "the default" is not a stable reference and is
   not used. Standardization: mean = std = (0.5, 0.5, 0.5), the statistics it was trained with (timm's
@@ -20,7 +21,8 @@ Weights (pinned timm tags, :data:`WEIGHT_TAGS`):
   of this tag) and the paper's "standard ImageNet normalization" (Section 5.2). Chefer et al.'s code
   feeds DeiT with 0.5/0.5 instead; that mismatches the training statistics and is not followed.
 
-Preprocessing is the project's Resize(256) + CenterCrop(224) (SPEC "Defaults" 8) for both, not timm's
+Preprocessing is the project's Resize(256) + CenterCrop(224) (the official
+Opti-CAM code's, hanwei0912/OptiCAM) for both, not timm's
 per-model bicubic crops (crop_pct 0.9 for ViT, 0.875 for DeiT).
 
 Attention is observable: every block is switched to timm's non-fused attention path
@@ -39,14 +41,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .cnn import (
+from ..imagenet import imagenet_categories
+from .base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Classifier,
     Standardize,
     WeightsUnavailableError,
-    _load_state_dict,
-    imagenet_categories,
+    read_state_dict,
 )
 from .tokens import tokens_to_grid
 
@@ -144,7 +146,7 @@ def _read_weights(path: str | os.PathLike) -> dict:
         from safetensors.torch import load_file
 
         return load_file(str(path), device="cpu")
-    return _load_state_dict(path)
+    return read_state_dict(path)
 
 
 def disable_fused_attention(net: nn.Module) -> int:
@@ -250,6 +252,8 @@ def _vit_tiny(weights: str | os.PathLike | None) -> Classifier:
     return model
 
 
+#: Builders of the transformers, by name: ``builder(weights) -> Classifier`` (timm is imported
+#: only when one is called).
 BUILDERS = {
     "vit_base_patch16_224": _vit_base_patch16_224,
     "deit_base_patch16_224": _deit_base_patch16_224,
