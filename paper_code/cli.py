@@ -30,7 +30,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .methods import get_method
     from .viz import overlay
 
-    get_method(args.method)  # unknown ids fail here, with the list of valid ones
+    spec = get_method(args.method)
+    options = _params(args.option)
+    unknown = sorted(set(options) - set(spec.defaults))
+    if unknown:
+        valid = ", ".join(spec.defaults) or "none"
+        raise ValueError(f"{args.method} has no option {', '.join(unknown)}; its options: {valid}")
     model = load_model(args.model, weights=args.weights, device=args.device)
     image = open_rgb(args.image)
     x = model.transform(image)[None].to(args.device)
@@ -40,12 +45,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
     target = pred if args.target is None else args.target
     if not 0 <= target < model.num_classes:
         raise SystemExit(f"--target {target} out of range 0..{model.num_classes - 1}")
-    options: dict[str, Any] = {}
-    if args.iterations is not None:
-        options["iterations"] = args.iterations
-    if args.method == "opticam":
-        options["progress"] = not args.quiet
-    maps = explain(args.method, model, x, [target], **options)
+    if "progress" in spec.defaults:
+        options.setdefault("progress", not args.quiet)
+    try:
+        maps = explain(args.method, model, x, [target], **options)
+    except TypeError as e:  # a value of the wrong type for an option
+        raise ValueError(f"{args.method}: {e}") from None
     print(f"predicted: {pred} {model.categories[pred]} (p={probs[pred]:.3f})")
     print(f"explained: {target} {model.categories[target]} (p={probs[target]:.3f})")
     out = Path(args.out)
@@ -185,6 +190,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     for spec in METHODS.values():
         layer = "layer" if spec.needs_layer else "-"
         print(f"  {spec.name:14s} {spec.paper_name:16s} {spec.kind:13s} {layer}")
+        if args.options and spec.defaults:
+            print("      " + ", ".join(f"{k}={v!r}" for k, v in spec.defaults.items()))
     print("models:    ", " ".join(MODELS))
     from .data import DATASETS
 
@@ -217,7 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="efficientnet_lite0", choices=MODELS)
     p.add_argument("--weights", default=None, help="state-dict file instead of the default weights")
     p.add_argument("--target", type=int, default=None, help="class to explain (default: predicted)")
-    p.add_argument("--iterations", type=int, default=None, help="Opti-CAM iterations (default 100)")
+    p.add_argument(
+        "-o",
+        "--option",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "VALUE"),
+        help="an option of the method (python -m paper_code list --options shows each method's, "
+        "with its default), e.g. -o iterations 50 for Opti-CAM",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
     p.add_argument("--out", default="overlay.png", help="overlay PNG to write")
     p.add_argument("--save-map", default=None, help="also save the raw map (.png or .pt)")
@@ -323,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_urls)
 
     p = sub.add_parser("list", help="list methods, models, profiles and notebooks")
+    p.add_argument("--options", action="store_true", help="each method's options and defaults")
     p.set_defaults(func=cmd_list)
     return parser
 

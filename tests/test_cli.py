@@ -19,7 +19,7 @@ def test_explain_writes_overlay_and_map(tmp_path):
     Image.new("L", (300, 260), 128).save(img)  # grayscale input is converted to RGB
     out, raw = tmp_path / "overlay.png", tmp_path / "map.pt"
     res = run(
-        "explain", str(img), "--model", "tiny", "--iterations", "3", "--out", str(out),
+        "explain", str(img), "--model", "tiny", "-o", "iterations", "3", "--out", str(out),
         "--save-map", str(raw), "--quiet", "--target", "4",
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
@@ -40,3 +40,9 @@ def test_explain_errors_are_messages_not_tracebacks(tmp_path):
     assert res.returncode == 2 and "bad.jpg" in res.stderr and "Traceback" not in res.stderr
     res = run("explain", str(bad), "--method", "nope")
     assert res.returncode == 2 and "unknown method 'nope'" in res.stderr and "opticam" in res.stderr
+    # Options come from the method's signature: a wrong one is named with the valid ones, at once.
+    res = run("explain", str(bad), "--method", "scorecam", "-o", "iterations", "3")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "scorecam has no option iterations; its options: batch_size, align_corners" in res.stderr
+    res = run("list", "--options")
+    assert res.returncode == 0 and "iterations=None, lr=0.1, objective='mask'" in res.stdout

@@ -152,3 +152,56 @@ def test_registry_is_the_single_source_of_names_and_kinds():
                    "layercam", "extremal", "hirescam", "lime", "gradientshap", "opticam"]  # fmt: skip
     vit, _ = table_methods("table2", "vit_b", family="vit")
     assert {"rawatt", "rollout", "tibav"} <= set(vit) and "ablationcam" not in vit
+
+
+# --------------------------------------------------------------------------- defaults stated once
+
+
+def test_every_default_is_stated_once() -> None:
+    """A default lives in the signature of the function that uses it. The registry reads a
+    method's defaults from its signature (there is nowhere else to write them), and no profile or
+    notebook parameter cell repeats one: they say ``null``/``None`` for "the default" and set only
+    what they change. Fails on a profile setting an option to its default value, on an unknown
+    option, and on a parameter cell that spells out Opti-CAM's iteration count."""
+    import inspect
+
+    import jupytext
+
+    from paper_code.book.profiles import list_profiles, load_profile, profile_parameters
+    from paper_code.book.runner import notebook_parameters
+    from paper_code.book.toc import toc_notebooks
+    from paper_code.experiments.scores import protocol_options
+    from paper_code.methods import METHODS
+    from paper_code.methods.registry import register
+    from paper_code.methods.opticam import ITERATIONS
+
+    assert "defaults" not in inspect.signature(register).parameters
+    for spec in METHODS.values():  # read from the signature, not stored
+        assert "defaults" not in {f.name for f in spec.__dataclass_fields__.values()}
+    repeated = []
+    for name in list_profiles():
+        prof = load_profile(name)
+        pages = [None, *prof["notebooks"]]
+        for page in pages:
+            params = profile_parameters(prof, page)
+            where = f"{name}{'.' + page if page else ''}"
+            if params.get("iterations") == ITERATIONS:
+                repeated.append(f"{where}: iterations {ITERATIONS} is Opti-CAM's default (null)")
+            for method, opts in (params.get("method_options") or {}).items():
+                defaults = METHODS[method].defaults
+                for k, v in opts.items():
+                    assert k in defaults, f"{where}: {method} has no option {k}"
+                    if defaults[k] == v:
+                        repeated.append(f"{where}: {method}.{k} = {v!r} is its default")
+            for metric, opts in (params.get("protocol") or {}).items():
+                defaults = protocol_options({}, metric)
+                for k, v in opts.items():
+                    if defaults[k] == v:
+                        repeated.append(f"{where}: protocol {metric}.{k} = {v!r} is its default")
+    for src in toc_notebooks():
+        declared = notebook_parameters(jupytext.read(src))
+        if declared.get("iterations") not in (None,):
+            repeated.append(f"{src.name}: iterations = {declared['iterations']} (say None)")
+        if declared.get("method_options") is not None:
+            repeated.append(f"{src.name}: method_options has values (say None)")
+    assert not repeated, "\n".join(repeated)

@@ -31,7 +31,8 @@ _EXPORTS = {
          "fill_rules", "resolve_batch_size",
          "run_rows", "setup", "target_classes"], "loop"),
     **dict.fromkeys(
-        ["config_id", "map_key", "method_options", "model_key", "model_weights", "result_key"],
+        ["config_id", "map_key", "method_options", "model_key", "model_weights", "opticam_iterations",
+         "result_key"],
         "keys"),
     **dict.fromkeys(
         ["MEDICAL_DATASETS", "MEDICAL_MODELS", "checkpoint_path", "dataset_ids", "medical_plan",

@@ -29,27 +29,48 @@ def model_key(model: Classifier) -> dict:
 def method_options(
     params: Mapping[str, Any], method: str, iterations: int | None = None
 ) -> dict[str, Any]:
-    """The options a notebook passes to ``method``: Opti-CAM's iteration count (``iterations``, or
-    the given one) and whatever the ``method_options`` parameter sets for it (e.g. fewer LIME samples
-    in the ``smoke`` profile, ``{"lime": {"num_samples": 50}}``). Every option enters the cache key."""
+    """The options a notebook passes to ``method``: Opti-CAM's iteration count (``iterations``, else
+    the ``iterations`` parameter; ``None`` in both: the method's own default, 100) and whatever the
+    ``method_options`` parameter sets for it (e.g. fewer LIME samples in the ``smoke`` profile,
+    ``{"lime": {"num_samples": 50}}``). Every option enters the cache key (:func:`map_key`)."""
     options: dict[str, Any] = {}
     if method == "opticam":
-        options["iterations"] = int(iterations or params.get("iterations") or 100)
+        n = iterations if iterations is not None else params.get("iterations")
+        options["iterations"] = opticam_iterations(n)
     options.update((params.get("method_options") or {}).get(method, {}))
     return options
 
 
+def opticam_iterations(iterations: int | None = None) -> int:
+    """The iterations Opti-CAM runs: ``iterations``, or its default when ``None``
+    (:data:`paper_code.methods.opticam.ITERATIONS`, 100 as in App. A), the value pages and profiles
+    mean by ``iterations: null``."""
+    from ..methods.opticam import ITERATIONS
+
+    return ITERATIONS if iterations is None else int(iterations)
+
+
+#: Options that only split work (chunks, progress bars): the maps do not depend on them, so they
+#: stay out of the cache key.
+WORK_OPTIONS = ("layer", "progress", "batch_size", "samples_per_pass")
+
+
 def map_key(model: Classifier, method: str, target_rule: str, options: Mapping[str, Any]) -> dict:
     """What identifies a set of cached maps: the method and every option that changes its maps
-    (iterations, objective, normalization, layer, ...), the class rule and the network
-    (:func:`model_key`: weights file and inference form included)."""
+    (iterations, objective, normalization, start layer, areas, ...), the class rule and the network
+    (:func:`model_key`: weights file and inference form included).
+
+    The options are the *effective* ones: the method's defaults (read from its signature,
+    :attr:`paper_code.methods.MethodSpec.defaults`) updated with ``options``, so that maps computed
+    under an earlier default are never reused when a default changes."""
     spec = get_method(method)
+    effective = {**spec.defaults, **options}
     return {
         "method": method,
         **model_key(model),
         "layer": (options.get("layer") or model.target_layer_name) if spec.needs_layer else None,
         "target": target_rule,
-        "options": {k: v for k, v in sorted(options.items()) if k not in ("layer", "progress")},
+        "options": {k: v for k, v in sorted(effective.items()) if k not in WORK_OPTIONS},
     }
 
 

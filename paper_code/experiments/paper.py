@@ -180,6 +180,8 @@ def caption(run: Any, title: str, what: str, extra: str = "", **record: Any) -> 
     ``run`` is a :class:`paper_code.experiments.tablerun.TableRun` (its parameters, start time, output
     folder and data); ``record`` adds table-specific settings (e.g. ``opticam_iterations=50``).
     """
+    from .keys import opticam_iterations
+
     p = run.params
     models = list(p.get("models") or [])
     n = len(run.data) if run.data is not None else p.get("n_images")
@@ -189,7 +191,7 @@ def caption(run: Any, title: str, what: str, extra: str = "", **record: Any) -> 
         models=", ".join(models),
         dataset=p.get("dataset"),
         images=n,
-        opticam_iterations=p.get("iterations"),
+        opticam_iterations=opticam_iterations(p.get("iterations")),
         batch_size=p.get("batch_size"),
         profile=p.get("profile"),
         **record,

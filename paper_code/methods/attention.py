@@ -251,7 +251,6 @@ def rawatt(model, images, target=None, layer=None) -> torch.Tensor:
     kind="attention",
     needs_layer=False,
     families=("vit",),
-    defaults={"start_layer": START_LAYER},
 )
 def rollout(model, images, target=None, layer=None, start_layer: int = START_LAYER) -> torch.Tensor:
     r"""Attention rollout (Abnar & Zuidema, ACL 2020, "Quantifying attention flow in transformers").
@@ -514,7 +513,6 @@ def tibav_lowres(
     kind="attention",
     needs_layer=False,
     families=("vit",),
-    defaults={"start_layer": START_LAYER},
 )
 def tibav(model, images, target, layer=None, start_layer: int = START_LAYER) -> torch.Tensor:
     r"""TIBAV (Chefer, Gur & Wolf, CVPR 2021, "Transformer Interpretability Beyond Attention Visualization").

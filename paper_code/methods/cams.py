@@ -95,7 +95,7 @@ def cam_lowres(
 
 
 def _cam(
-    name: str, paper_name: str, families: tuple[str, ...] = ("cnn", "vit"), **defaults
+    name: str, paper_name: str, families: tuple[str, ...] = ("cnn", "vit")
 ) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
     """Register a low-resolution CAM function and the full method ``n(up(lowres))`` under ``name``."""
 
@@ -112,7 +112,6 @@ def _cam(
             paper_name=paper_name,
             kind="cam",
             needs_layer=True,
-            defaults=defaults,
             families=families,
             differentiable=name not in ("scorecam", "ablationcam"),
         )(method)
@@ -159,7 +158,7 @@ def gradcam(model, images, target, layer) -> torch.Tensor:
     return weighted_sum(weights, acts).relu()
 
 
-@_cam("gradcampp", "Grad-CAM++", eps=0.0)
+@_cam("gradcampp", "Grad-CAM++")
 def gradcampp(model, images, target, layer, eps: float = 0.0) -> torch.Tensor:
     r"""Grad-CAM++ (Chattopadhay et al., WACV 2018), closed form for the exponential score
     :math:`Y^c = \exp(y_c)` (their eq. 19), with :math:`g = \partial y_c / \partial A`:
@@ -191,7 +190,7 @@ def gradcampp(model, images, target, layer, eps: float = 0.0) -> torch.Tensor:
     return weighted_sum(weights, acts).relu()
 
 
-@_cam("xgradcam", "XGrad-CAM", eps=0.0)
+@_cam("xgradcam", "XGrad-CAM")
 def xgradcam(model, images, target, layer, eps: float = 0.0) -> torch.Tensor:
     r"""XGrad-CAM (Fu et al., BMVC 2020, "Axiom-based Grad-CAM").
 
@@ -291,7 +290,7 @@ def scorecam_weights(
     return scores.view(b, k, *scores.shape[1:]).softmax(dim=1)
 
 
-@_cam("scorecam", "Score-CAM", batch_size=None, align_corners=False, compile=None)
+@_cam("scorecam", "Score-CAM")
 def scorecam(
     model,
     images,
@@ -420,7 +419,7 @@ def ablation_scores(
     return scores.view(b, k), fast
 
 
-@_cam("ablationcam", "Ablation-CAM", families=("cnn",), batch_size=None, fast=True)
+@_cam("ablationcam", "Ablation-CAM", families=("cnn",))
 def ablationcam(
     model,
     images,

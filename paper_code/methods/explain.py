@@ -144,8 +144,8 @@ def explain(
     params = inspect.signature(spec.fn).parameters
     if "progress" in options and "progress" not in params:
         options.pop("progress")  # single-pass methods have no loop to report on
-    named = [n for n, q in list(params.items())[4:] if q.kind is not q.VAR_KEYWORD]
-    open_ended = any(q.kind is q.VAR_KEYWORD for q in params.values())
+    named = list(spec.defaults)  # its signature's options (and those it passes on, options_of)
+    open_ended = spec.options_of is None and any(q.kind is q.VAR_KEYWORD for q in params.values())
     unknown = sorted(set(options) - set(named))
     if unknown and not open_ended:
         raise TypeError(

@@ -33,6 +33,10 @@ from .targets import SubsetTarget, Target
 
 #: Early-stopping tolerance of App. A: stop "when the change in loss is less than 1e-10".
 STOP_TOLERANCE = 1e-10
+#: Maximum Adam updates (App. A of the paper: at most 100 iterations).
+ITERATIONS = 100
+#: The official code's maximum (hanwei0912/OptiCAM, its driver's flag default).
+OFFICIAL_ITERATIONS = 50
 
 
 @dataclass
@@ -234,7 +238,7 @@ def optimize(
             f"unknown normalization {normalization!r}; valid choices: {', '.join(NORMALIZATIONS)}"
         )
     if iterations is None:
-        iterations = 50 if official else 100
+        iterations = OFFICIAL_ITERATIONS if official else ITERATIONS
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
     if images.is_inference():  # made under inference_mode: cannot enter an autograd graph
@@ -507,7 +511,6 @@ class OfficialStop:
     paper_name="Opti-CAM",
     kind="optimization",
     needs_layer=True,
-    defaults={"iterations": 100, "lr": 0.1, "objective": "mask", "normalization": "range"},
     differentiable=True,
 )
 def opticam(

@@ -526,18 +526,7 @@ def optimize(
     paper_name="ExPerturbation",
     kind="perturbation",
     needs_layer=False,
-    defaults={
-        "areas": AREAS,
-        "iterations": ITERATIONS,
-        "perturbation": "blur",
-        "num_levels": NUM_LEVELS,
-        "max_blur": MAX_BLUR,
-        "step": STEP,
-        "sigma": SIGMA,
-        "jitter": True,
-        "variant": "preserve",
-        "smooth": 0.0,
-    },
+    options_of=optimize,
     differentiable=True,
 )
 def extremal(

@@ -1,4 +1,7 @@
-"""The registry of saliency methods: the single source of their ids, paper names, kinds and defaults.
+"""The registry of saliency methods: the single source of their ids, paper names and kinds.
+
+A method's default options are those of its function's signature, read from it
+(:attr:`MethodSpec.defaults`): stated once, where they are used.
 
 Every method module registers its functions with :func:`register`; nothing here imports a method
 module back (the dispatcher :func:`paper_code.methods.explain` lives in its own module), so there is no
@@ -12,8 +15,9 @@ none).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -36,9 +40,10 @@ class MethodSpec:
         kind: one of :data:`KINDS`.
         needs_layer: whether the method reads a feature layer (CAMs and Opti-CAM do).
         fn: the function ``fn(model, images, target, layer, **options)``.
-        defaults: the default options (documented in the function's docstring), for the record.
         families: model families it applies to (the paper runs Ablation-CAM on CNNs only).
         differentiable: whether it needs autograd (Max-Sensitivity then re-explains with grad on).
+        options_of: where ``fn`` passes its ``**options`` (e.g. Extremal Perturbation's
+            optimizer), whose keyword defaults are then the method's too.
     """
 
     name: str
@@ -46,9 +51,24 @@ class MethodSpec:
     kind: str
     needs_layer: bool
     fn: MethodFn
-    defaults: Mapping[str, Any] = field(default_factory=dict)
     families: tuple[str, ...] = FAMILIES
     differentiable: bool = False
+    options_of: MethodFn | None = None
+
+    @property
+    def defaults(self) -> Mapping[str, Any]:
+        """The method's options and their defaults, read from its signature (after ``model,
+        images, target, layer``) and from that of :attr:`options_of`."""
+        out: dict[str, Any] = {}
+        for fn in (self.fn, self.options_of):
+            if fn is None:
+                continue
+            params = list(inspect.signature(fn).parameters.values())
+            skip = 4 if fn is self.fn else 3  # the optimizer takes (model, images, target)
+            for q in params[skip:]:
+                if q.kind in (q.KEYWORD_ONLY, q.POSITIONAL_OR_KEYWORD) and q.default is not q.empty:
+                    out.setdefault(q.name, q.default)
+        return MappingProxyType(out)
 
     @property
     def summary(self) -> str:
@@ -66,9 +86,9 @@ def register(
     paper_name: str,
     kind: str,
     needs_layer: bool,
-    defaults: Mapping[str, Any] | None = None,
     families: tuple[str, ...] = FAMILIES,
     differentiable: bool = False,
+    options_of: MethodFn | None = None,
 ) -> Callable[[MethodFn], MethodFn]:
     """Decorator: add ``fn`` to :data:`METHODS` under ``name`` with its metadata."""
     if kind not in KINDS:
@@ -84,9 +104,9 @@ def register(
             kind=kind,
             needs_layer=needs_layer,
             fn=fn,
-            defaults=MappingProxyType(dict(defaults or {})),
             families=tuple(families),
             differentiable=differentiable,
+            options_of=options_of,
         )
         return fn
 

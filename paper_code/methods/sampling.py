@@ -32,8 +32,6 @@ from .registry import register
 from .targets import Target
 
 __all__ = [
-    "LIME_DEFAULTS",
-    "GRADIENTSHAP_DEFAULTS",
     "gradientshap",
     "gradientshap_attributions",
     "lime",
@@ -42,22 +40,6 @@ __all__ = [
 ]
 
 Segmentation = Callable[[np.ndarray], np.ndarray]
-
-#: LIME defaults: lime's own (``LimeImageExplainer`` kernel width 0.25; 1000 samples; quickshift
-#: kernel_size 4, max_dist 200, ratio 0.2), except ``hide_color`` (0 = black, see :func:`lime`).
-LIME_DEFAULTS = {
-    "num_samples": 1000,
-    "batch_size": None,
-    "hide_color": 0.0,
-    "kernel_width": 0.25,
-    "kernel_size": 4,
-    "max_dist": 200,
-    "ratio": 0.2,
-}
-
-#: GradientSHAP defaults: black baseline, 50 samples, no input noise (see :func:`gradientshap`).
-GRADIENTSHAP_DEFAULTS = {"n_samples": 50, "stdevs": 0.0, "batch_size": None}
-
 
 # --------------------------------------------------------------------------- shared helpers
 
@@ -228,7 +210,6 @@ def lime_weights(
     paper_name="LIME",
     kind="perturbation",
     needs_layer=False,
-    defaults=LIME_DEFAULTS,
 )
 def lime(
     model: nn.Module,
@@ -390,7 +371,6 @@ def gradientshap_attributions(
     paper_name="GradientShap",
     kind="gradient",
     needs_layer=False,
-    defaults=GRADIENTSHAP_DEFAULTS,
     differentiable=True,
 )
 def gradientshap(
