@@ -172,8 +172,8 @@ def test_every_default_is_stated_once() -> None:
     from paper_code.book.toc import toc_notebooks
     from paper_code.experiments.scores import protocol_options
     from paper_code.methods import METHODS
-    from paper_code.methods.registry import register
     from paper_code.methods.opticam import ITERATIONS
+    from paper_code.methods.registry import register
 
     assert "defaults" not in inspect.signature(register).parameters
     for spec in METHODS.values():  # read from the signature, not stored
