@@ -36,6 +36,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "explain": ("methods", "explain"),
+    "register": ("methods", "register"),
+    "load_plugins": ("methods", "load_plugins"),
     "METHODS": ("methods", "METHODS"),
     "PAPER_NAMES": ("methods", "PAPER_NAMES"),
     "load_model": ("models", "load_model"),
@@ -46,7 +48,17 @@ _LAZY = {
     "data": ("data", None),
 }
 
-__all__ = ["METHODS", "MODELS", "PAPER_NAMES", "explain", "load_dataset", "load_model", "metrics"]
+__all__ = [
+    "METHODS",
+    "MODELS",
+    "PAPER_NAMES",
+    "explain",
+    "load_dataset",
+    "load_model",
+    "load_plugins",
+    "metrics",
+    "register",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,4 @@
-"""Command line: ``python -m paper_code {explain,run,reproduce,rehearse,finetune,urls,list}``."""
+"""Command line: ``python -m paper_code {explain,evaluate,run,reproduce,rehearse,finetune,urls,list}``."""
 
 from __future__ import annotations
 
@@ -164,6 +164,39 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .experiments.evaluate import evaluate
+
+    options: dict[str, dict[str, Any]] = {}
+    for key, value in args.option or []:
+        method, dot, name = key.partition(".")
+        if not dot:
+            raise ValueError(f"--option {key}: write METHOD.NAME, e.g. opticam.iterations")
+        options.setdefault(method, {})[name] = _parse_value(value)
+    baselines = args.baselines
+    if "," in baselines:
+        baselines = [b for b in baselines.split(",") if b]
+    result = evaluate(
+        args.method,
+        args.model,
+        args.data,
+        out=args.out,
+        metrics=args.metrics,
+        baselines=baselines,
+        n_images=args.n_images,
+        weights=args.weights,
+        device=args.device,
+        batch_size=args.batch_size,
+        method_options=options,
+        id_step=args.id_step,
+        progress=not args.quiet,
+    )
+    print(result.markdown)
+    for what, path in result.files.items():
+        print(f"{what}: {path}")
+    return 0
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     from .finetune import FinetuneConfig, finetune
 
@@ -221,7 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--method", default="opticam", help="method id (python -m paper_code list shows them)"
     )
-    p.add_argument("--model", default="efficientnet_lite0", choices=MODELS)
+    p.add_argument(
+        "--model",
+        default="efficientnet_lite0",
+        help=f"one of {', '.join(MODELS)}, or timm:<model> / hf:<repository or folder>",
+    )
     p.add_argument("--weights", default=None, help="state-dict file instead of the default weights")
     p.add_argument("--target", type=int, default=None, help="class to explain (default: predicted)")
     p.add_argument(
@@ -284,6 +321,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-build", action="store_true", help="execute only; skip jupyter-book build")
     p.add_argument("--jobs", type=int, default=1, help="notebooks at once (see reproduce)")
     p.set_defaults(func=cmd_rehearse)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="your method(s) beside the paper's baselines on your images, with the paper's metrics",
+        description="AD/AG/AI, insertion/deletion and (where the images have boxes) localization "
+        "of the given methods and the paper's baselines, with 95%% bootstrap intervals and the "
+        "paired difference of each method with Opti-CAM; writes a CSV, a Markdown table and a "
+        "figure; a rerun resumes.",
+    )
+    p.add_argument(
+        "--method",
+        action="append",
+        required=True,
+        help="a method id, or module:function (repeat for several)",
+    )
+    p.add_argument("--model", default="efficientnet_lite0", help="network (timm:/hf: too)")
+    p.add_argument("--weights", default=None, help="weights file of the network")
+    p.add_argument("--data", default="sample", help="'sample' or a folder of images")
+    p.add_argument(
+        "--metrics",
+        nargs="+",
+        default=["classification", "insertion_deletion", "localization"],
+        choices=["classification", "insertion_deletion", "localization"],
+    )
+    p.add_argument(
+        "--baselines",
+        default="cams",
+        help="cams (the CAM baselines and Opti-CAM), paper (all of Table 1), none (Opti-CAM "
+        "only), or a comma-separated list of ids",
+    )
+    p.add_argument("--n-images", type=int, default=None, help="the first N images only")
+    p.add_argument("--out", default="_build/evaluate", help="output folder (resumable)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", default=None, help="images per batch (or auto)")
+    p.add_argument("--id-step", type=int, default=224, help="insertion/deletion pixels per step")
+    p.add_argument(
+        "-o", "--option", nargs=2, action="append", metavar=("METHOD.NAME", "VALUE"),
+        help="an option of a method, e.g. -o opticam.iterations 50",
+    )  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
         "finetune",

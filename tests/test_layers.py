@@ -35,6 +35,7 @@ LAYERS = {
     "cli": 6,
     "finetune": 6,
     "__main__": 6,
+    "examples": 6,
 }
 
 #: Same layer, but never importing each other.

@@ -98,6 +98,7 @@ def model_weights(params: Mapping[str, Any], model_name: str) -> str | None:
     page reads it: a mapping ``{model: file}`` (``"random"`` for random initialization); models
     it does not name load their published weights (``None``). A key that is no model name is
     refused with the valid names (a typo would otherwise download the published weights)."""
+    from ..models.external import is_external
     from ..names import MODELS
 
     given = params.get("weights")
@@ -108,7 +109,7 @@ def model_weights(params: Mapping[str, Any], model_name: str) -> str | None:
             f"weights must map model names to files, e.g. {{resnet50: /path/r50.pth}}; "
             f"got {given!r}"
         )
-    unknown = sorted(set(map(str, given)) - set(MODELS))
+    unknown = sorted(m for m in map(str, given) if m not in MODELS and not is_external(m))
     if unknown:
         raise ValueError(
             f"weights names unknown model(s) {', '.join(unknown)}; valid: {', '.join(MODELS)}"

@@ -343,6 +343,9 @@ def setup(
     On a medical dataset (:data:`MEDICAL_DATASETS`) the model is the fine-tuned checkpoint of
     (dataset, model) named by the ``checkpoints`` parameter (:func:`checkpoint_path`); it is
     required (ImageNet weights cannot classify X-rays) and its classes must be the dataset's."""
+    from ..methods import load_plugins
+
+    load_plugins(params.get("plugins"))  # methods from outside the package (the plugins parameter)
     device = params.get("device", "cpu")
     name = model_name or (params.get("models") or ["efficientnet_lite0"])[0]
     weights = model_weights(params, name)

@@ -19,7 +19,9 @@ rows and never shows stale ones.
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import os
 import time
 import warnings
@@ -51,12 +53,31 @@ def paper_methods(table: str, network: str) -> list[str]:
     return list(dict.fromkeys(ref["method"]))
 
 
+#: The tables that compare methods with each other (a method that is in no paper table, e.g. one
+#: registered from outside the package, appears in these, after the paper's rows).
+COMPARISON_TABLES = (
+    "table1", "table2", "table3", "table4", "tableA7", "tableA8", "tableA10", "tableA11",
+)  # fmt: skip
+
+
+@functools.cache
+def _paper_labels() -> frozenset[str]:
+    return frozenset(m for t in COMPARISON_TABLES for m in paper_table(t)["method"])
+
+
+def methods_not_in_paper() -> list[str]:
+    """Registered methods whose table label is in none of the paper's tables (those registered
+    from outside the package, :func:`paper_code.register`), in registration order."""
+    return [n for n, s in METHODS.items() if s.paper_name not in _paper_labels()]
+
+
 def table_methods(
     table: str, network: str, family: str = "cnn", selected: Sequence[str] | None = None
 ) -> tuple[list[str], list[str]]:
     """``(ids, paper_only)``: the registered methods the paper has in ``table`` for ``network``, in
-    the paper's row order (restricted to ``selected`` when given), and the paper's rows that
-    ``paper_code`` cannot compute (shown as paper-only, never dropped)."""
+    the paper's row order (restricted to ``selected`` when given), then, in the comparison tables
+    (:data:`COMPARISON_TABLES`), the methods in no paper table that run on ``family``; and the
+    paper's rows that ``paper_code`` cannot compute (shown as paper-only, never dropped)."""
     ids, missing = [], []
     for name in paper_methods(table, network):
         mid = method_for_paper_name(name)
@@ -66,6 +87,10 @@ def table_methods(
             continue
         if selected is None or mid in selected:
             ids.append(mid)
+    if table in COMPARISON_TABLES:
+        for mid in methods_not_in_paper():
+            if family in METHODS[mid].families and (selected is None or mid in selected):
+                ids.append(mid)
     return ids, missing
 
 
@@ -353,8 +378,40 @@ class TableRun(ClaimChecks):
             paper_only = self.methods_missing(model_name, table)
         res = beside_paper(mine, ref, [*self.metrics, *columns], comparable=comparable,
                            paper_only=paper_only)  # fmt: skip
+        ours = {PAPER_NAMES.get(m, m) for m in methods_not_in_paper()}
+        res.index = [f"{i} (not in the paper)" if i in ours else i for i in res.index]
+        res.index.name = "method"
         show(res, title, metrics_per_table=metrics_per_table)
+        extra = self.against_opticam(per_image, model_name)
+        if extra:
+            display(Markdown(extra))
         return claims
+
+    def against_opticam(self, per_image: pd.DataFrame, model_name: str) -> str:
+        """For the methods in no paper table (e.g. registered from outside the package) that ran
+        here: each metric's paired difference with Opti-CAM on the same images, its 95% interval
+        and the verdict of "this method is better than Opti-CAM" (one Markdown line per method;
+        empty when there is none). Not one of the paper's claims: shown, not recorded."""
+        from ..metrics.uncertainty import verdict
+
+        mine = per_image[(per_image["model"] == model_name) & (per_image["variant"] == "")]
+        lines = []
+        for method in methods_not_in_paper():
+            if method not in set(mine["method"]) or "opticam" not in set(mine["method"]):
+                continue
+            parts = []
+            for m, info, _ in self._checkable(mine):
+                d, lo, hi = self.paired(mine, m, {"method": method}, {"method": "opticam"})
+                if math.isnan(d):
+                    continue
+                v = verdict(lo, hi, info.direction)
+                word = {"holds": "better", "contradicted": "worse"}.get(v, "not resolved")
+                parts.append(f"{m} {d:+.2f} [{lo:+.2f}, {hi:+.2f}] ({word})")
+            if parts:
+                name = PAPER_NAMES.get(method, method)
+                lines.append(f"**{name}** (not in the paper) minus Opti-CAM, paired over images: "
+                             + "; ".join(parts) + ".")  # fmt: skip
+        return "\n\n".join(lines)
 
     def show_paper_values(
         self, model_name: str, reason: str, columns: Sequence[str] | None = None

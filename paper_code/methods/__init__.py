@@ -13,21 +13,32 @@ from . import attention, cams, opticam, perturbation, sampling  # noqa: F401  (i
 from .base import check_images
 from .explain import explain, resolve_layer
 from .hooks import FeatureLayer, tokens_to_grid
-from .registry import METHODS, MethodSpec, get_method, method_for_paper_name, paper_names
+from .plugins import PluginError, load_plugins, register
+from .registry import (
+    METHODS,
+    MethodSpec,
+    PaperNames,
+    get_method,
+    method_for_paper_name,
+    paper_names,
+)
 
-#: ``{id: paper name}`` of every registered method (derived from :data:`METHODS`).
-PAPER_NAMES = paper_names()
+#: ``{id: paper name}`` of every registered method, kept current (derived from :data:`METHODS`).
+PAPER_NAMES = PaperNames()
 
 __all__ = [
     "METHODS",
     "PAPER_NAMES",
     "FeatureLayer",
     "MethodSpec",
+    "PluginError",
     "check_images",
     "explain",
     "get_method",
+    "load_plugins",
     "method_for_paper_name",
     "paper_names",
+    "register",
     "resolve_layer",
     "tokens_to_grid",
 ]

@@ -158,4 +158,29 @@ def explain(
     with torch.inference_mode(False):
         if images.is_inference():
             images = images.clone()
-        return spec.fn(model, images, target, feature_layer, **options)
+        maps = spec.fn(model, images, target, feature_layer, **options)
+    check_output(method, maps, images)
+    return maps
+
+
+def check_output(method: str, maps: object, images: torch.Tensor) -> None:
+    """Every method returns maps ``[B, 1, H, W]`` of the images' size with values in [0, 1] (the
+    metrics multiply the image by them); anything else is named, with what is needed (the check a
+    method from outside the package gets at every call)."""
+    b, _, h, w = images.shape
+    if not isinstance(maps, torch.Tensor):
+        raise TypeError(
+            f"method {method!r} returned {type(maps).__name__}, not a tensor [B, 1, H, W]"
+        )
+    if tuple(maps.shape) != (b, 1, h, w):
+        raise ValueError(
+            f"method {method!r} returned maps of shape {list(maps.shape)}; need [{b}, 1, {h}, {w}] "
+            "(one map per image, at the images' size)"
+        )
+    if maps.numel() and not bool(torch.isfinite(maps).all()):
+        raise ValueError(f"method {method!r} returned maps with NaN or infinite values")
+    if maps.numel() and (float(maps.min()) < -1e-4 or float(maps.max()) > 1 + 1e-4):
+        raise ValueError(
+            f"method {method!r} returned maps in [{float(maps.min()):.3g}, {float(maps.max()):.3g}]; "
+            "maps must lie in [0, 1] (normalize them, e.g. paper_code.methods.maps.normalize_range)"
+        )

