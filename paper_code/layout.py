@@ -15,8 +15,8 @@ BOOK_DIR = REPO_ROOT / "book"
 
 #: The pages of the book's first part, after the introduction, in this order: the report first
 #: (what a reader of a reproduction wants to know), then how to run it, the choices made, and how
-#: much the open protocol choices move the numbers.
-REPRODUCTION_PAGES = ("report", "reproduce", "deviations", "sensitivity")
+#: much the open protocol choices move the numbers, and how to evaluate a method of your own.
+REPRODUCTION_PAGES = ("report", "reproduce", "deviations", "sensitivity", "own_method")
 
 
 #: The table and figure notebooks in the paper's order (figA6 covers Figs. A.6 and A.7).

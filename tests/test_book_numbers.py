@@ -93,7 +93,8 @@ def test_tables_complete_where_the_paper_has_values(
     summary = _summary(any_book, name)
     paper = paper_table(name)
     reported = set(zip(paper.dropna(subset=["value"])["method"], paper["metric"]))
-    assert set(summary["method"]) <= set(PAPER_NAMES.values()) | {"S := B", "S := I∖B"}
+    ours = {"Centre prior"}  # the smoke profile's plugin (paper_code.examples.centre_prior)
+    assert set(summary["method"]) <= set(PAPER_NAMES.values()) | {"S := B", "S := I∖B"} | ours
     missing = [
         (row["model"], row["method"], m)
         for _, row in summary.iterrows()
@@ -108,3 +109,17 @@ def test_intervals_bracket_the_means(any_book: Path) -> None:
     for m in ("AD", "AG", "AI"):
         ok = (summary[f"{m}_lo"] <= summary[m] + 1e-9) & (summary[m] <= summary[f"{m}_hi"] + 1e-9)
         assert ok.all(), summary[[m, f"{m}_lo", f"{m}_hi"]]
+
+
+@pytest.mark.parametrize("name, metrics", [("table1", ["AD", "AG", "AI"]), ("table3", ["I", "D"])])
+def test_a_plugin_method_reaches_the_tables(smoke_book: Path, name: str, metrics: list[str]) -> None:
+    """The smoke profile loads a method from outside the package (the plugins parameter): it has
+    finite values in Tables 1 and 3, beside the paper's rows, and is no part of the claims."""
+    summary = _summary(smoke_book, name)
+    row = summary[summary["method_id"] == "centre_prior"]
+    assert len(row) >= 1, sorted(summary["method_id"])
+    assert row[metrics].notna().all().all() and bool((row[metrics].abs() < 1e6).all().all())
+    claims = pd.read_csv(smoke_book / f"{name}_claims.csv")
+    assert "Centre prior" not in set(claims["baseline"])
+    page = (smoke_book / "notebooks" / f"{name}.ipynb").read_text()
+    assert "Centre prior (not in the paper)" in page and "minus Opti-CAM, paired over images" in page

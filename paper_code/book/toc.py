@@ -50,9 +50,10 @@ def is_notebook(path: Path) -> bool:
 
 
 #: Pages that read what the others wrote, run after them in this order whatever their place in
-#: the table of contents: the protocol-sensitivity page reuses the tables' maps and rows, and the
-#: reproducibility report gathers every page's claim checks (and the sensitivity page's).
-RUN_LAST = ("sensitivity", "report")
+#: the table of contents: the page of your own method and the protocol-sensitivity page reuse the
+#: tables' maps and rows, and the reproducibility report gathers every page's claim checks (and
+#: the sensitivity page's).
+RUN_LAST = ("own_method", "sensitivity", "report")
 
 
 def run_order(names: Sequence[str]) -> list[str]:

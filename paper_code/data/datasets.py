@@ -392,6 +392,11 @@ def load_dataset(name: str = "sample", **kw: Any) -> ImageDataset:
       ``split_file=None``, ``index_dir=None``, ``fractions=(0.75, 0.125, 0.125)``,
       ``subset=None``, ``validate="header"``): the medical datasets of App. E
       (:mod:`paper_code.data.medical`); class names in ``dataset.categories``.
+
+    >>> ds = load_dataset("sample")
+    >>> item = ds[0]
+    >>> len(ds), tuple(item["image"].shape), item["id"], ds.categories[item["label"]]
+    (9, (3, 224, 224), 'chelsea', 'tabby')
     """
     builders = {
         "sample": _sample,

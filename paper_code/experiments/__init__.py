@@ -49,8 +49,9 @@ _EXPORTS = {
         ["arrow", "beside_paper", "commit_link", "glue", "headline", "ranking_agreement",
          "relative_path", "show", "with_interval"], "display"),
     **dict.fromkeys(
-        ["PAPER_MODELS", "PAPER_NETWORK", "TRANSFORMER_NETWORK", "caption", "paper_label",
-         "paper_network", "paper_table", "provenance"], "paper"),
+        ["COMPARISON_TABLES", "PAPER_MODELS", "PAPER_NETWORK", "TRANSFORMER_NETWORK", "caption",
+         "methods_not_in_paper", "paper_label", "paper_network", "paper_table", "provenance"],
+        "paper"),
 }  # fmt: skip
 
 __all__ = sorted(_EXPORTS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import platform
@@ -217,3 +218,27 @@ def caption(run: Any, title: str, what: str, extra: str = "", **record: Any) -> 
         f"paper_code does not implement; '–' under *ours*: not run (see the `methods` parameter)."
         f"{extra}{note}"
     )
+
+
+#: The tables that compare methods with each other (a method that is in no paper table, e.g. one
+#: registered from outside the package, appears in these, after the paper's rows).
+COMPARISON_TABLES = (
+    "table1", "table2", "table3", "table4", "tableA7", "tableA8", "tableA10", "tableA11",
+)  # fmt: skip
+
+
+@functools.cache
+def _paper_labels() -> frozenset[str]:
+    return frozenset(m for t in COMPARISON_TABLES for m in paper_table(t)["method"])
+
+
+def methods_not_in_paper() -> list[str]:
+    """Registered methods whose table label is in none of the paper's tables (those registered
+    from outside the package, :func:`paper_code.register`), in registration order."""
+    return [n for n, s in _methods().items() if s.paper_name not in _paper_labels()]
+
+
+def _methods():
+    from ..methods import METHODS
+
+    return METHODS

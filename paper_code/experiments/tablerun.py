@@ -19,7 +19,6 @@ rows and never shows stale ones.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -37,7 +36,14 @@ from . import distributed as _dist
 from . import loop as ex
 from .claims import ClaimChecks
 from .keys import config_id, method_options, result_key
-from .paper import PAPER_MODELS, TRANSFORMER_NETWORK, paper_network, paper_table
+from .paper import (
+    COMPARISON_TABLES,
+    PAPER_MODELS,
+    TRANSFORMER_NETWORK,
+    methods_not_in_paper,
+    paper_network,
+    paper_table,
+)
 from .results import ResultTable
 from .scores import ScoreFn, classification_scores
 from .sources import dataset_ids
@@ -51,24 +57,6 @@ def paper_methods(table: str, network: str) -> list[str]:
     ref = paper_table(table)
     ref = ref[ref["network"] == network]
     return list(dict.fromkeys(ref["method"]))
-
-
-#: The tables that compare methods with each other (a method that is in no paper table, e.g. one
-#: registered from outside the package, appears in these, after the paper's rows).
-COMPARISON_TABLES = (
-    "table1", "table2", "table3", "table4", "tableA7", "tableA8", "tableA10", "tableA11",
-)  # fmt: skip
-
-
-@functools.cache
-def _paper_labels() -> frozenset[str]:
-    return frozenset(m for t in COMPARISON_TABLES for m in paper_table(t)["method"])
-
-
-def methods_not_in_paper() -> list[str]:
-    """Registered methods whose table label is in none of the paper's tables (those registered
-    from outside the package, :func:`paper_code.register`), in registration order."""
-    return [n for n, s in METHODS.items() if s.paper_name not in _paper_labels()]
 
 
 def table_methods(
@@ -103,9 +91,28 @@ class TableRun(ClaimChecks):
             ``methods``, ``iterations``, ``device``, ``batch_size``, ``seed``, ``output_dir``,
             ``cache_dir``, and optionally ``study_iterations``, ``n_boot``).
         metrics: the metric columns of the table.
+        rows: the name of another page whose rows file this run shares (default: ``name``).
+
+    A table page in five lines (EfficientNet-Lite0 on two sample photos):
+
+    >>> import tempfile
+    >>> params = {"output_dir": tempfile.mkdtemp(), "n_images": 2, "batch_size": 2}
+    >>> run = TableRun("table1", params, ["AD", "AG", "AI"])
+    >>> model, data, cache = run.setup("efficientnet_lite0")
+    >>> config = run.run(model, data, cache, "gradcam")  # rows appended as they are computed
+    >>> per_image = run.collect()
+    >>> summary = run.summarize(per_image)  # means with 95% bootstrap intervals
+    >>> summary.loc[0, "method"], int(summary.loc[0, "images"]), sorted(per_image["id"])
+    ('Grad-CAM', 2, ['chelsea', 'coffee'])
     """
 
-    def __init__(self, name: str, params: Mapping[str, Any], metrics: Sequence[str]) -> None:
+    def __init__(
+        self,
+        name: str,
+        params: Mapping[str, Any],
+        metrics: Sequence[str],
+        rows: str | None = None,
+    ) -> None:
         self.name = name
         self.params = dict(params)
         self.metrics = list(metrics)
@@ -117,7 +124,8 @@ class TableRun(ClaimChecks):
         self.params["device"] = _dist.device(self.params.get("device", "cpu"))
         self.out = _dist.rank_dir(shared)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.table = ResultTable(shared / f"{name}_rows.csv")
+        # ``rows``: another page's rows file, shared (its rows are reused, nothing recomputed).
+        self.table = ResultTable(shared / f"{rows or name}_rows.csv")
         self.configs: dict[str, dict] = {}
         self.data = None
         #: Networks that could not be loaded, with the reason (see :meth:`try_setup`).
@@ -343,6 +351,7 @@ class TableRun(ClaimChecks):
         comparable: bool | None = None,
         note: str = "",
         metrics_per_table: int | None = None,
+        record: bool = True,
     ) -> pd.DataFrame:
         """What every table page shows for one network: the paper's claims checked on our rows
         (:meth:`claims`, kept for the report) in one generated sentence, with the agreement of our
@@ -353,7 +362,9 @@ class TableRun(ClaimChecks):
         ``columns``: shown after the table's metrics (e.g. ``["T"]``); ``table``/``dataset``: the
         paper's table and dataset (default: this page's); ``paper_only``: the paper's rows we
         cannot compute (default: :meth:`methods_missing`); ``comparable``: default
-        :meth:`comparable`; ``note``: a line shown under the sentence. Returns the claims.
+        :meth:`comparable`; ``note``: a line shown under the sentence; ``record``: keep the claims
+        for the reproducibility report (off for a page that shows another page's table). Returns
+        the claims.
 
         >>> run = TableRun("table1", {"output_dir": tmp}, ["AD", "AG", "AI"])  # doctest: +SKIP
         >>> claims = run.report(per_image, summary, "resnet50", "ResNet50: AD↓ AG↑ AI↑ in %")  # doctest: +SKIP
@@ -369,7 +380,7 @@ class TableRun(ClaimChecks):
             ref = ref[ref["dataset"] == dataset]
         mine = summary[summary["model"] == model_name]
         comparable = self.comparable(model_name) if comparable is None else comparable
-        claims = self.claims(per_image, model_name, table=table, dataset=dataset)
+        claims = self.claims(per_image, model_name, table=table, dataset=dataset, record=record)
         agree = None if comparable else ranking_agreement(mine, ref, self.metrics)
         display(Markdown(f"**{model_name}.** " + headline(claims, agree)))
         if note:

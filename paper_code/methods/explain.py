@@ -128,6 +128,13 @@ def explain(
 
     Returns:
         ``[B, 1, H, W]`` maps in [0, 1].
+
+    >>> import torch, paper_code as pc
+    >>> model = pc.load_model("tiny")
+    >>> x = torch.rand(2, 3, 224, 224)
+    >>> maps = pc.explain("opticam", model, x, [3, 7], iterations=5)
+    >>> tuple(maps.shape), bool(maps.min() >= 0) and bool(maps.max() <= 1)
+    ((2, 1, 224, 224), True)
     """
     spec = get_method(method)
     check_images(images, model)

