@@ -112,7 +112,9 @@ def test_intervals_bracket_the_means(any_book: Path) -> None:
 
 
 @pytest.mark.parametrize("name, metrics", [("table1", ["AD", "AG", "AI"]), ("table3", ["I", "D"])])
-def test_a_plugin_method_reaches_the_tables(smoke_book: Path, name: str, metrics: list[str]) -> None:
+def test_a_plugin_method_reaches_the_tables(
+    smoke_book: Path, name: str, metrics: list[str]
+) -> None:
     """The smoke profile loads a method from outside the package (the plugins parameter): it has
     finite values in Tables 1 and 3, beside the paper's rows, and is no part of the claims."""
     summary = _summary(smoke_book, name)
@@ -122,4 +124,6 @@ def test_a_plugin_method_reaches_the_tables(smoke_book: Path, name: str, metrics
     claims = pd.read_csv(smoke_book / f"{name}_claims.csv")
     assert "Centre prior" not in set(claims["baseline"])
     page = (smoke_book / "notebooks" / f"{name}.ipynb").read_text()
-    assert "Centre prior (not in the paper)" in page and "minus Opti-CAM, paired over images" in page
+    assert (
+        "Centre prior (not in the paper)" in page and "minus Opti-CAM, paired over images" in page
+    )

@@ -62,6 +62,7 @@ def test_a_new_method_reaches_table1_of_the_smoke_book(tmp_path: Path, monkeypat
     page = (out / "nb" / "table1.ipynb").read_text()
     assert "Mean-CAM (not in the paper)" in page
     import throwaway_cam  # noqa: F401  (registers it here too)
+
     from paper_code.methods import METHODS
 
     assert dict(METHODS["meancam"].defaults) == {"power": 1.0}
