@@ -32,3 +32,16 @@ def test_ci_runs_the_readme_commands():
     ci = (ROOT / ".ci" / "run").read_text()
     for cmd in ('pip install -e ".[dev]"', "python -m pytest", "apt-get install -y"):
         assert cmd in readme and cmd in ci, cmd
+
+
+def test_citation_file_names_the_package_version_and_the_paper() -> None:
+    """CITATION.cff (GitHub's "Cite this repository") parses, carries the package's version and
+    cites the paper (its DOI) as the preferred citation."""
+    root = Path(__file__).resolve().parents[1]
+    cff = yaml.safe_load((root / "CITATION.cff").read_text())
+    version = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+    assert cff["cff-version"] == "1.2.0" and cff["version"] == version
+    assert cff["preferred-citation"]["doi"] == "10.1016/j.cviu.2024.104101"
+    assert [a["family-names"] for a in cff["preferred-citation"]["authors"]] == [
+        "Zhang", "Torres", "Sicre", "Avrithis", "Ayache",
+    ]  # fmt: skip
