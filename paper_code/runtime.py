@@ -1,11 +1,14 @@
-"""Process-level speed settings for CPU runs (no effect on any result)."""
+"""Process-level settings: CPU speed settings (no effect on any result) and the environment of child
+processes."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
 import sys
+from collections.abc import Iterator, Mapping
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -43,3 +46,19 @@ def tune_cpu_allocator(mmap_threshold: int = 32 * 2**20, trim_threshold: int = 2
     ok = mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)) == 1 and ok
     _done = ok
     return ok
+
+
+@contextlib.contextmanager
+def environment(variables: Mapping[str, str]) -> Iterator[None]:
+    """Set environment ``variables`` for the block, then restore each to its value before (or
+    remove it): what a child process started in the block (a notebook's kernel) inherits."""
+    saved = {k: os.environ.get(k) for k in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

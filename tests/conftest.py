@@ -40,19 +40,12 @@ def rehearsal_book(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if prebuilt:
         return Path(prebuilt)
     from paper_code.book.rehearsal import rehearse
+    from paper_code.runtime import environment
 
     out = tmp_path_factory.mktemp("rehearsal-book")
     empty = out / "empty-caches"  # tests/test_rehearsal.py checks that nothing was written here
     env = {"TORCH_HOME": str(empty / "torch"), "HF_HOME": str(empty / "hf"),
            "HF_HUB_OFFLINE": "1"}  # fmt: skip
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with environment(env):
         rehearse(out=out, progress=False, jobs=2)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return out

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..layout import BOOK_DIR
 from ..names import ENV_BOOK, ENV_COMPILE
+from ..runtime import environment
 from .profiles import load_profile, profile_parameters
 
 #: Parameters holding paths, or mappings of paths (per model or dataset): made absolute
@@ -193,33 +194,25 @@ def run_notebook(
     workdir.mkdir(parents=True, exist_ok=True)
     # The kernel inherits this process's environment: tell the notebook it runs for the book
     # (paper_code.experiments.display.glue then leaves the values to the page's prose).
-    env = kernel_environment(**process)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        papermill.execute_notebook(
-            nb,
-            str(output),
-            parameters=params,
-            kernel_name=kernel,
-            progress_bar=progress,
-            cwd=str(workdir),
-            execution_timeout=timeout,
-            report_mode=False,
-            # ipykernel logs "Kernel is running over TCP without encryption" (a local kernel on
-            # 127.0.0.1) as a warning on our stderr; keep only its errors.
-            extra_arguments=list(KERNEL_ARGUMENTS),
-        )
-    except PapermillExecutionError as err:
-        raise NotebookError(name, err.ename, err.evalue, err.cell_index, output) from err
-    except Exception as err:  # kernel died, timeout, bad parameters
-        raise NotebookError(name, type(err).__name__, str(err), None, output) from err
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with environment(kernel_environment(**process)):
+        try:
+            papermill.execute_notebook(
+                nb,
+                str(output),
+                parameters=params,
+                kernel_name=kernel,
+                progress_bar=progress,
+                cwd=str(workdir),
+                execution_timeout=timeout,
+                report_mode=False,
+                # ipykernel logs "Kernel is running over TCP without encryption" (a local kernel on
+                # 127.0.0.1) as a warning on our stderr; keep only its errors.
+                extra_arguments=list(KERNEL_ARGUMENTS),
+            )
+        except PapermillExecutionError as err:
+            raise NotebookError(name, err.ename, err.evalue, err.cell_index, output) from err
+        except Exception as err:  # kernel died, timeout, bad parameters
+            raise NotebookError(name, type(err).__name__, str(err), None, output) from err
     return output
 
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..models.external import spatial_layers
 from ..models.outputs import logits_of
 from .base import check_images
 from .hooks import FeatureLayer, ReshapeTransform
@@ -52,7 +53,7 @@ def resolve_layer(
             ) from None
     hint = ""
     if images is not None:
-        found = spatial_layers(model, images[:1])[-3:][::-1]
+        found = [(n, shape) for n, shape, _ in spatial_layers(model, images[:1])][-3:][::-1]
         if found:
             hint = "; the last layers with spatial feature maps here: " + ", ".join(
                 f"{name!r} {list(shape[1:])}" for name, shape in found
@@ -61,29 +62,6 @@ def resolve_layer(
         f"{method} needs a feature layer: pass layer=<nn.Module or dotted name> for models that are "
         f"not paper_code classifiers (the paper uses the last convolutional block){hint}"
     )
-
-
-def spatial_layers(model: nn.Module, images: torch.Tensor) -> list[tuple[str, torch.Size]]:
-    """Modules of ``model`` whose output is a ``[B, K, h, w]`` map with ``h * w > 1``, in the order
-    they first run on ``images`` (one forward pass, no gradients): the candidates for ``layer``."""
-    seen: dict[str, torch.Size] = {}
-    handles = []
-    for name, module in model.named_modules():
-        if not name:
-            continue
-
-        def hook(_m, _inp, out, name=name):
-            if isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[-2:].numel() > 1:
-                seen.setdefault(name, out.shape)
-
-        handles.append(module.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model(images)
-    finally:
-        for h in handles:
-            h.remove()
-    return list(seen.items())
 
 
 def num_classes_of(model: nn.Module, images: torch.Tensor) -> int:
