@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from paper_code.methods import METHODS, cams, explain
-from paper_code.methods.maps import normalize_range, upsample
+from paper_code.methods.maps import EPS, normalize_range, upsample
 from paper_code.methods.targets import ClassLogit
 from paper_code.models import load_model
 
@@ -107,17 +107,28 @@ def _analytic_expected(
     raise AssertionError(method)
 
 
+def _analytic64() -> Analytic:
+    """The analytic model in float64. Range normalization divides by the range of the raw map, and
+    the raw maps here are O(1/196): in float32 the final maps of the checks below differed from the
+    closed form by up to 4.2e-6 (3.2e-6 between Grad-CAM, XGrad-CAM and HiResCAM), depending on
+    the CPU's kernels, against bounds of 1e-5. In float64 the differences are <= 1e-14."""
+    return Analytic().double()
+
+
 @pytest.mark.parametrize("method", CAMS)
 def test_analytic_exact(method):
-    model = Analytic()
-    x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+    model = _analytic64()
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(2, 3, 224, 224, generator=g, dtype=torch.float64)
     cls = torch.tensor([0, 1])
     expected = _analytic_expected(method, model, x, cls)
     assert expected.amax() > 0  # the closed form is non-trivial for these images
     got = cams.cam_lowres(
         method, model, x, ClassLogit(cls), model.relu, **_opts(method, batch_size=3)
     )
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+    assert got.dtype == torch.float64
+    # Float64 (see _analytic64): measured max relative difference 2.2e-16.
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-14)
     maps = explain(
         method,
         model,
@@ -129,19 +140,20 @@ def test_analytic_exact(method):
     want = normalize_range(
         F.interpolate(expected, size=(224, 224), mode="bilinear", align_corners=False)
     )
-    torch.testing.assert_close(maps, want, rtol=1e-5, atol=1e-5)
+    # Measured max |difference| 8e-15 (float64).
+    torch.testing.assert_close(maps, want, rtol=0, atol=1e-10)
     assert maps.shape == (2, 1, 224, 224) and maps.min() >= 0 and maps.max() <= 1
 
 
 def test_analytic_gradcam_equals_xgradcam_equals_hirescam():
-    model = Analytic()
-    x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    model = _analytic64()
+    x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     maps = [
         explain(m, model, x, [2, 0], layer=model.relu) for m in ("gradcam", "xgradcam", "hirescam")
     ]
-    # Equal up to float32 rounding (the raw maps are O(1/196) before normalization).
-    torch.testing.assert_close(maps[0], maps[1], rtol=0, atol=1e-5)
-    torch.testing.assert_close(maps[0], maps[2], rtol=0, atol=1e-5)
+    # Equal up to rounding: measured max |difference| 6.3e-15 (float64, see _analytic64).
+    torch.testing.assert_close(maps[0], maps[1], rtol=0, atol=1e-10)
+    torch.testing.assert_close(maps[0], maps[2], rtol=0, atol=1e-10)
 
 
 def test_fakecam():
@@ -208,11 +220,19 @@ def test_oracle_pytorch_grad_cam_tiny(tiny, images, method, gc_name, options):
     assert _rel(raw, ref_raw) < 1e-4
     # Final maps: pytorch-grad-cam returns up(n(S)) (normalize at 14x14, then cv2.resize); we return
     # n(up(S)). Recomputing its order with our upsampling reproduces it; our order differs slightly.
+    # Measured max |diff| <= 6e-7 (float32 rounding) under every CPU configuration tried.
     gc_order = normalize_range(upsample(normalize_range(raw[:, None]), (224, 224)))[:, 0]
     assert (gc_order - ref_final).abs().max() < 1e-4
     ours = explain(method, tiny, images, classes, **options)[:, 0]
-    # Measured max |diff|: 3.9e-5 (Grad-CAM, XGrad-CAM, HiResCAM), 2.1e-5 (Layer-CAM), <= 6e-7 (others).
+    # Measured max |diff|: 3.9e-5 (Grad-CAM, XGrad-CAM, HiResCAM), 2.1e-5 (Layer-CAM), <= 6e-7
+    # (others). Not rounding (the same in float64 and on every CPU configuration tried): n() adds
+    # EPS = 1e-8 to the range (SPEC "Defaults" 5), which scales a map of range r by r / (r + EPS),
+    # and the Grad-CAM maps of this random network have ranges down to 2.6e-4.
     assert (ours - ref_final).abs().max() < 1e-4
+    # Undoing that factor leaves float32 rounding: measured <= 6e-7.
+    up = upsample(raw[:, None], (224, 224))[:, 0]
+    r = (up.amax(dim=(1, 2)) - up.amin(dim=(1, 2)))[:, None, None]
+    assert (ours * (r + EPS) / r - ref_final).abs().max() < 1e-5
 
 
 def test_oracle_gradcampp_epsilon_differs(tiny, images):
@@ -271,7 +291,12 @@ def _opts(method: str, **kw) -> dict:
 
 
 @pytest.mark.parametrize("method", ALL)
-def test_batch_invariance_and_determinism(tiny, images, method):
+def test_batch_invariance_and_determinism(images, method):
+    # Float64: alone vs in the batch, the convolutions run other kernels; in float32 the maps then
+    # differed by up to 1.4e-6 (Ablation-CAM, XGrad-CAM), depending on the CPU's kernels, against
+    # the bound of 1e-5. In float64: measured <= 2.5e-15.
+    tiny = load_model("tiny").double()
+    images = images.double()
     classes = [3, 5, 9]
     batch = explain(method, tiny, images, classes, **_opts(method, batch_size=7))
     again = explain(method, tiny, images, classes, **_opts(method, batch_size=7))
@@ -280,17 +305,23 @@ def test_batch_invariance_and_determinism(tiny, images, method):
     assert batch.min() >= 0 and batch.max() <= 1
     for i in range(3):
         alone = explain(method, tiny, images[i : i + 1], classes[i], **_opts(method, batch_size=7))
-        torch.testing.assert_close(alone, batch[i : i + 1], rtol=0, atol=1e-5)
+        torch.testing.assert_close(alone, batch[i : i + 1], rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("method", ["scorecam", "ablationcam"])
-def test_chunked_equals_unchunked(tiny, images, method):
+def test_chunked_equals_unchunked(images, method):
+    # Float64: the chunk size selects other convolution kernels, and Ablation-CAM's weights
+    # (y - y_k) / y cancel; in float32 chunks differed by up to 9.8e-7 (relative 1.8e-5) on one CPU
+    # configuration, against a bound of 1e-7 + 1e-5 relative. In float64: measured <= 5.6e-16.
+    tiny = load_model("tiny").double()
+    images = images.double()
     t = ClassLogit(torch.tensor([0, 2, 6]))
     layer = tiny.target_layer
     whole = cams.cam_lowres(method, tiny, images, t, layer, batch_size=1000)
+    assert whole.dtype == torch.float64 and whole.amax() > 0.1
     for bs in (1, 5, 16):  # chunks spanning two images, one-per-pass, exactly K
         part = cams.cam_lowres(method, tiny, images, t, layer, batch_size=bs)
-        torch.testing.assert_close(part, whole, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(part, whole, rtol=1e-10, atol=1e-12)
 
 
 def test_ablation_fast_path_equals_repeat(tiny, images):
@@ -341,12 +372,17 @@ def test_ablation_falls_back_on_skip_connections():
 
 
 class Constant(nn.Module):
-    """Feature maps that are constant in space (a constant per channel): every CAM map is constant."""
+    """Feature maps that are constant in space (a constant per channel): every CAM map is constant.
+
+    The features have the input's resolution, so the map is not upsampled: bilinear upsampling of
+    a constant 7x7 map is constant only up to rounding on some CPU kernels (range 3.7e-9 for a map
+    value 0.072, measured with ``ATEN_CPU_CAPABILITY=default``), and range normalization would turn
+    that rounding into a map with values up to 0.43."""
 
     def __init__(self) -> None:
         super().__init__()
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.expand = nn.Upsample(size=(7, 7))
+        self.expand = nn.Upsample(size=(224, 224))
         self.relu = nn.ReLU()
         self.fc = nn.Linear(3, 2)
         self.num_classes = 2
@@ -357,6 +393,7 @@ class Constant(nn.Module):
 
 @pytest.mark.parametrize("method", CAMS)
 def test_constant_feature_map_gives_zeros(method):
+    torch.manual_seed(0)  # the weights of Constant
     model = Constant()
     x = torch.rand(2, 3, 224, 224)
     maps = explain(method, model, x, [0, 1], layer=model.relu)
@@ -495,14 +532,20 @@ def test_cam_lowres_errors(tiny, images):
         cams.cam_lowres("gradcam", tiny, images, ClassLogit(torch.tensor([0, 0, 0])), tiny.net.fc)
 
 
-def test_scorecam_classes_equals_one_run_per_class(tiny, images):
-    """Several classes from one set of masked forward passes = Score-CAM run once per class."""
+def test_scorecam_classes_equals_one_run_per_class(images):
+    """Several classes from one set of masked forward passes = Score-CAM run once per class.
+
+    In float64: other chunks of masked images run other kernels; in float32 the maps differed by
+    up to 4.2e-7 (bound 1e-6 + 1e-5 relative), depending on the CPU's kernels; in float64: measured
+    <= 8.9e-16."""
     from paper_code.methods.cams import scorecam_classes
 
+    tiny = load_model("tiny").double()
+    images = images.double()
     classes = torch.tensor([[1, 4, 9], [0, 0, 7], [3, 2, 5]])[: images.shape[0]]
     together = scorecam_classes(tiny, images, classes, tiny.target_layer, batch_size=5)
     assert together.shape == (images.shape[0], 3, *images.shape[-2:])
     for r in range(3):
         alone = explain("scorecam", tiny, images, classes[:, r], batch_size=7)
-        torch.testing.assert_close(together[:, r : r + 1], alone, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(together[:, r : r + 1], alone, rtol=1e-10, atol=1e-12)
     assert not torch.allclose(together[:, 0], together[:, 2])  # the classes do differ

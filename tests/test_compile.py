@@ -12,15 +12,20 @@ from torch import nn
 from torch._dynamo.utils import counters
 
 import paper_code as pc
+from paper_code.methods.hooks import forward_features
 from paper_code.methods.opticam import optimize
 from paper_code.methods.targets import ClassLogit
 
-#: Max |compiled map - eager map| on the tiny CNN at 224x224, up to 10 iterations: measured 1.8e-5
-#: (aot_eager, batch 4), 1.3e-5 (Inductor, batch 4), 5.4e-5 (Inductor, batch 8). Float32 rounding
-#: of other kernels, amplified by Adam: at 100 iterations the difference (max 0.19, mean 8.5e-3) is
-#: that between two eager runs in other batch compositions (batch 1 vs 8: max 0.22, mean 7.3e-3),
-#: the run-to-run spread the deviations page already describes; the tests stay at <= 10 iterations.
-MAP_TOL = 1e-4
+#: Max |compiled map - eager map| on the tiny CNN at 224x224, up to 10 iterations. Float32 rounding
+#: of other kernels, amplified by Adam (Opti-CAM computes in float32, so float64 is no way out
+#: here): measured up to 1.9e-5 (aot_eager, batch 4) and 6.0e-5 (Inductor, batch 4) across the CPU
+#: configurations tried (vectorization level of ATen and oneDNN, threads; 5.4e-5 with Inductor at
+#: batch 8 before), within 1.7x of the former bound 1e-4. One iteration more or less changes every
+#: map of these tests by >= 2e-2, so 1e-3 still tells rounding from a different computation. At 100
+#: iterations the difference (max 0.19, mean 8.5e-3) is that between two eager runs in other batch
+#: compositions (batch 1 vs 8: max 0.22, mean 7.3e-3), the run-to-run spread the deviations page
+#: already describes; the tests stay at <= 10 iterations.
+MAP_TOL = 1e-3
 
 
 @pytest.fixture(autouse=True)
@@ -40,6 +45,22 @@ def graphs() -> tuple[int, int]:
     return counters["stats"]["unique_graphs"], counters["frames"]["total"]
 
 
+def weight_ratio_diff(a: torch.Tensor, b: torch.Tensor, feats: torch.Tensor) -> float:
+    """Max |log(a_i / a_j) - log(b_i / b_j)| over the channels i, j whose features reach 0.1.
+
+    Channels whose feature map is ~0 get a ~0 gradient that Adam normalizes to full steps: their
+    weights follow rounding noise (compiled vs eager: up to 2.6e-3 measured), the map does not
+    depend on them, and through the softmax every other weight moves with them by a common factor.
+    The ratios of the other weights do not: measured <= 2.2e-5 (tiny CNN, 6 iterations), while one
+    iteration more or less changes them by 0.2."""
+    strong = feats.amax(dim=(2, 3)) > 0.1
+    assert strong.sum(1).min() >= 2
+    d = a.log() - b.log()
+    hi = torch.where(strong, d, -torch.inf).amax(1)
+    lo = torch.where(strong, d, torch.inf).amin(1)
+    return float((hi - lo).max())
+
+
 def test_compiled_equals_eager_without_recompiles():
     model = pc.load_model("tiny")
     x, y = batch(4)
@@ -48,9 +69,9 @@ def test_compiled_equals_eager_without_recompiles():
     assert (comp.maps - eager.maps).abs().max() <= MAP_TOL
     assert torch.allclose(comp.trace, eager.trace, rtol=1e-5, atol=1e-5, equal_nan=True)
     assert torch.equal(comp.iterations, eager.iterations)
-    # Channels whose feature map is ~0 get a ~0 gradient that Adam normalizes to full steps: their
-    # weights follow rounding noise (1e-3 here) while the map does not depend on them.
-    assert torch.allclose(comp.weights, eager.weights, atol=5e-3)
+    # The weights themselves follow rounding noise where the features are ~0: see weight_ratio_diff.
+    feats, _ = forward_features(model, x, model.target_layer)
+    assert weight_ratio_diff(comp.weights, eager.weights, feats) < 1e-3
     first = graphs()
     assert first[0] == 3  # saliency, network (forward + backward), Adam step with the stop rule
     assert counters["graph_break"] == {}
@@ -189,9 +210,14 @@ def test_compiled_metrics_equal_eager_with_one_graph():
     every metric: smaller last chunks are padded to the compiled size, not compiled again."""
     from paper_code.metrics import aopc, classification, insertion_deletion
 
-    model = pc.load_model("tiny")
+    # Float64: in float32 compiled and eager AG differed by up to 1.2e-7 points (bound 1e-6),
+    # depending on the CPU's kernels. In float64: measured 0.
+    model = pc.load_model("tiny").double()
     x, y = batch(5)
-    maps = torch.rand(5, 1, 224, 224, generator=torch.Generator().manual_seed(1))
+    x = x.double()
+    maps = torch.rand(
+        5, 1, 224, 224, generator=torch.Generator().manual_seed(1), dtype=torch.float64
+    )
     kw = {"batch_size": 4}
     # 5 images x 2 modes x 5 steps = 50 evaluations: chunks of 4, the last of 2 (padded)
     eager = insertion_deletion(model, x, maps, y, step=12544, **kw)

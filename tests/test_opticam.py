@@ -72,7 +72,9 @@ def test_initial_objective_other_normalizations():
     # sigmoid: s = sigmoid(A[c]/3) on stripe c.
     res = run(striped_images(), [c], iterations=1, normalization="sigmoid")
     expected = 256 * A[c] / (1 + math.exp(-A[c] / 3))
-    assert res.trace[0, 0].item() == pytest.approx(expected, rel=1e-6)
+    # Opti-CAM computes in float32 and sigmoid(1/6) is no short binary fraction (unlike the values
+    # above): measured relative error 1.1e-7 on every CPU configuration tried, hence 2e-6.
+    assert res.trace[0, 0].item() == pytest.approx(expected, rel=2e-6)
 
 
 def test_optimum_reaches_clean_logit_and_stops_early():
@@ -164,14 +166,18 @@ def test_batch_invariance_alone_vs_batch_of_8(tiny):
     torch.manual_seed(1)
     x = torch.rand(8, 3, 224, 224)
     classes = list(range(8))
-    batch = pc.explain("opticam", tiny, x, classes, iterations=20)
-    alone = pc.explain("opticam", tiny, x[3:4], classes[3], iterations=20)
-    # Same math; only the convolution's floating-point summation order may differ with batch size.
+    # Same math; only the convolution's floating-point summation order may differ with the batch
+    # size (other kernels). 10 iterations: Adam's sign-like steps on near-zero gradient components
+    # amplify such 1e-7 differences, and past ~12 iterations the trajectory of image 2 becomes
+    # sensitive (after 20: 4.6e-4 between batch and chunks, against 1e-6 for the other images).
+    # After 10: measured <= 6.5e-6 on every CPU configuration tried; one iteration more or less
+    # changes every image's map by >= 8e-3, so the 1e-4 bound separates rounding from a real
+    # difference.
+    batch = pc.explain("opticam", tiny, x, classes, iterations=10)
+    alone = pc.explain("opticam", tiny, x[3:4], classes[3], iterations=10)
     assert (batch[3] - alone[0]).abs().max().item() < 1e-4
-    # Chunks of 3: other batch sizes, other kernels; Adam's sign-like steps on near-zero gradient
-    # components can amplify 1e-6 forward differences, hence the looser bound.
-    chunked = pc.explain("opticam", tiny, x, classes, iterations=20, batch_size=3)
-    assert (batch - chunked).abs().max().item() < 1e-3
+    chunked = pc.explain("opticam", tiny, x, classes, iterations=10, batch_size=3)
+    assert (batch - chunked).abs().max().item() < 1e-4
 
 
 def test_deterministic_and_frozen(tiny):
