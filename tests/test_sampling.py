@@ -223,7 +223,14 @@ def test_registry_entries():
         True,
     )
     assert dict(lime_spec.defaults)["num_samples"] == 1000
-    assert dict(gs_spec.defaults) == {"n_samples": 50, "stdevs": 0.0, "batch_size": None}
+    assert dict(gs_spec.defaults) == {
+        "n_samples": 50,
+        "stdevs": 0.0,
+        "batch_size": None,
+        "seed": 0,
+        "samples_per_pass": None,
+        "progress": False,
+    }
 
 
 def test_bad_options():

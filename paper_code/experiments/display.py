@@ -266,9 +266,12 @@ def headline(claims: pd.DataFrame, agreement: pd.DataFrame | None = None) -> str
     return text
 
 
-def show(frame: pd.DataFrame, caption: str, metrics_per_table: int | None = None) -> None:
-    """Display a comparison table compactly (no wrapping inside cells); with ``metrics_per_table``
-    the metric column groups are split over several tables so that each fits the page."""
+def show(
+    frame: pd.DataFrame, caption: str, metrics_per_table: int | None = None, wrap: bool = False
+) -> None:
+    """Display a comparison table compactly (numbers never wrap inside their cells); with
+    ``metrics_per_table`` the metric column groups are split over several tables so that each fits
+    the page; ``wrap`` lets the cells of a table of sentences (claims, verdicts) wrap."""
     from IPython.display import display
 
     groups = (
@@ -278,14 +281,15 @@ def show(frame: pd.DataFrame, caption: str, metrics_per_table: int | None = None
         for k in range(0, len(groups), metrics_per_table):
             part = groups[k : k + metrics_per_table]
             show(frame.loc[:, frame.columns.get_level_values(0).isin(part)],
-                 f"{caption} ({', '.join(map(str, part))})")  # fmt: skip
+                 f"{caption} ({', '.join(map(str, part))})", wrap=wrap)  # fmt: skip
         return
 
     styler = (
         frame.style.format(precision=1, na_rep="–")
         .set_caption(caption)
         .set_table_styles(
-            [{"selector": "th, td", "props": "white-space: nowrap; padding: 0 0.4em"}]
+            [{"selector": "th, td",
+              "props": f"white-space: {'normal' if wrap else 'nowrap'}; padding: 0 0.4em"}]  # fmt: skip
         )
     )
     display(styler)
