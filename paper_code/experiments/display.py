@@ -284,12 +284,10 @@ def show(
                  f"{caption} ({', '.join(map(str, part))})", wrap=wrap)  # fmt: skip
         return
 
+    cells = f"white-space: {'normal' if wrap else 'nowrap'}; padding: 0 0.4em"
     styler = (
         frame.style.format(precision=1, na_rep="–")
         .set_caption(caption)
-        .set_table_styles(
-            [{"selector": "th, td",
-              "props": f"white-space: {'normal' if wrap else 'nowrap'}; padding: 0 0.4em"}]  # fmt: skip
-        )
+        .set_table_styles([{"selector": "th, td", "props": cells}])
     )
     display(styler)
