@@ -7,24 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from paper_code.methods import METHODS
-
-# The package's own methods, read before pytest collects ``paper_code`` for its doctests: collecting
-# ``paper_code/examples/centre_prior.py`` imports it, which registers the example plugin for the
-# rest of the process (as importing any plugin does).
-BUILT_IN = dict(METHODS)
-
-
-@pytest.fixture(autouse=True)
-def built_in_methods_only():
-    """Each test starts with the package's own methods only: a plugin registered by an import
-    elsewhere in the session (a doctest module, another test) never changes a test's tables."""
-    extra = {name: METHODS.pop(name) for name in set(METHODS) - set(BUILT_IN)}
-    yield
-    for name in set(METHODS) - set(BUILT_IN):
-        del METHODS[name]
-    METHODS.update(extra)
-
 
 @pytest.fixture(scope="session")
 def smoke_book(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -135,7 +135,7 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
         Image.fromarray((gen.random((64, 80, 3)) * 255).astype("uint8")).save(root / c / f"{i}.png")
     params = {"models": ["tiny"], "dataset": "folder", "root": str(root), "n_images": None,
               "methods": ["fakecam", "gradcam", "opticam"], "iterations": 3, "repeats": 1,
-              "batch_size": 2, "n_boot": 200}  # fmt: skip
+              "batch_size": 2}  # fmt: skip
     out = tmp_path / "out"
     args = ["run", "table1", "--profile", "smoke", "--nproc", "2", "--out", str(tmp_path / "nb")]
     for k, v in {**params, "output_dir": str(out), "cache_dir": str(out / "cache")}.items():

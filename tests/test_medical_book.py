@@ -93,6 +93,7 @@ def _run(name, chest, base, **extra):
         "medical_root": {"chestxray": str(root), "kvasir": None},
         "checkpoints": {"chestxray-tiny": summary["checkpoint"]},
         "methods": None,  # every method of the paper's table (Score-CAM is cheap on the tiny CNN)
+        "plugins": None,  # the paper's methods only (the smoke profile adds its example plugin)
         "n_images": None,  # the 4 test images
         "batch_size": 4,
         # Extremal Perturbation's blur pyramid costs seconds even for one step on a CPU.

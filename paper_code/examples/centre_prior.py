@@ -17,6 +17,7 @@ A package of yours registers its methods the same way, or through an entry point
 ``paper_code.methods`` (``[project.entry-points."paper_code.methods"] mine = "mypkg.cams"``).
 
 >>> import torch, paper_code as pc
+>>> import paper_code.examples.centre_prior  # importing a plugin registers its methods
 >>> maps = pc.explain("centre_prior", pc.load_model("tiny"), torch.rand(1, 3, 224, 224), [0])
 >>> round(float(maps[0, 0, 112, 112]), 3), round(float(maps[0, 0, 0, 0]), 3)
 (1.0, 0.0)

@@ -26,6 +26,7 @@ __all__ = [
     "claims_table",
     "gather_claims",
     "report_summary",
+    "run_weights",
     "sensitive_choices",
 ]
 
@@ -33,6 +34,24 @@ __all__ = [
 VERDICTS = ("holds", "not resolved on this data", "contradicted")
 #: The file of the sensitivity page's re-checked claims (not a page's own claims).
 SENSITIVITY_CLAIMS = "sensitivity_claims.csv"
+
+
+def run_weights(output_dir: str | os.PathLike[str]) -> dict[str, str]:
+    """The weights every network of a run came from: ``{model: identity}`` merged from the pages'
+    provenance (``<page>_provenance.json``, ``fig3/provenance.json``), so that the report, which
+    loads no network, names the weights behind its claims. A model loaded from different weights by
+    different pages (two runs into one folder) lists each identity, joined by `` | ``."""
+    import json
+
+    out = Path(output_dir)
+    seen: dict[str, list[str]] = {}
+    for path in [*sorted(out.glob("*_provenance.json")), out / "fig3" / "provenance.json"]:
+        if not path.exists() or path.name == "report_provenance.json":
+            continue
+        for model, identity in (json.loads(path.read_text()).get("weights") or {}).items():
+            if str(identity) not in seen.setdefault(model, []):
+                seen[model].append(str(identity))
+    return {model: " | ".join(ids) for model, ids in sorted(seen.items())}
 
 
 def gather_claims(output_dir: str | os.PathLike[str]) -> pd.DataFrame:
