@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny_vit import tiny_vit
 
 from paper_code.methods import METHODS, cams, explain
 from paper_code.methods import attention as att
@@ -14,30 +15,8 @@ from paper_code.methods.maps import normalize_range, upsample
 from paper_code.methods.opticam import saliency
 from paper_code.methods.targets import ClassLogit
 from paper_code.models import load_model
-from paper_code.models.vit import wrap_timm_vit
 
 timm = pytest.importorskip("timm")
-
-
-def tiny_vit(depth: int = 3, seed: int = 0):
-    """A random 64x64 ViT: patch 8 (8x8 grid + class token), width 32, 2 heads, 10 classes."""
-    torch.manual_seed(seed)
-    net = timm.create_model(
-        "vit_tiny_patch16_224",
-        pretrained=False,
-        img_size=64,
-        patch_size=8,
-        embed_dim=32,
-        depth=depth,
-        num_heads=2,
-        num_classes=10,
-    )
-    with torch.no_grad():  # non-trivial LayerNorm affine parameters (timm initializes 1 and 0)
-        for mod in net.modules():
-            if isinstance(mod, torch.nn.LayerNorm):
-                mod.weight.uniform_(0.5, 1.5)
-                mod.bias.normal_(0.0, 0.2)
-    return wrap_timm_vit("tiny_vit", net)
 
 
 @pytest.fixture(scope="module")

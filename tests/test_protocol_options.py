@@ -24,6 +24,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from scipy import ndimage, stats
+from tiny_vit import tiny_vit
 from torch import nn
 
 from paper_code import metrics as M
@@ -422,24 +423,6 @@ def test_max_sensitivity_compares_maps_of_the_same_precision():
 
 
 # --------------------------------------------------------------------------- 6. start_layer
-
-
-def tiny_vit(depth: int = 3, seed: int = 0):
-    """A random 64×64 ViT (patch 8, width 32, 2 heads, 10 classes), as in tests/test_attention.py."""
-    timm = pytest.importorskip("timm")
-    from paper_code.models.vit import wrap_timm_vit
-
-    torch.manual_seed(seed)
-    net = timm.create_model(
-        "vit_tiny_patch16_224", pretrained=False, img_size=64, patch_size=8, embed_dim=32,
-        depth=depth, num_heads=2, num_classes=10,
-    )  # fmt: skip
-    with torch.no_grad():
-        for mod in net.modules():
-            if isinstance(mod, nn.LayerNorm):
-                mod.weight.uniform_(0.5, 1.5)
-                mod.bias.normal_(0.0, 0.2)
-    return wrap_timm_vit("tiny_vit", net)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import copy
 
 import pytest
 import torch
+from tiny_vit import tiny_vit
 
 import paper_code as pc
 from paper_code.methods import attention as att
@@ -21,25 +22,9 @@ from paper_code.models import vit as vitmod
 timm = pytest.importorskip("timm")
 
 
-def tiny_vit(depth: int = 2, seed: int = 0) -> pc.models.Classifier:
-    """A random 64x64 ViT: patch 8 (8x8 grid + class token), width 32, 2 heads, 10 classes."""
-    torch.manual_seed(seed)
-    net = timm.create_model(
-        "vit_tiny_patch16_224",
-        pretrained=False,
-        img_size=64,
-        patch_size=8,
-        embed_dim=32,
-        depth=depth,
-        num_heads=2,
-        num_classes=10,
-    )
-    return vitmod.wrap_timm_vit("tiny_vit", net)
-
-
 @pytest.fixture(scope="module")
 def model():
-    return tiny_vit()
+    return tiny_vit(depth=2, affine=False)
 
 
 @pytest.fixture(scope="module")
