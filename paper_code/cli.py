@@ -185,6 +185,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         baselines=baselines,
         n_images=args.n_images,
         weights=args.weights,
+        layer=args.layer,
         device=args.device,
         batch_size=args.batch_size,
         method_options=options,
@@ -338,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", default="efficientnet_lite0", help="network (timm:/hf: too)")
     p.add_argument("--weights", default=None, help="weights file of the network")
+    p.add_argument(
+        "--layer", default=None, help="layer of the CAM methods (dotted name; default: the paper's)"
+    )
     p.add_argument("--data", default="sample", help="'sample' or a folder of images")
     p.add_argument(
         "--metrics",

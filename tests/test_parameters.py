@@ -47,14 +47,41 @@ def test_reproduce_and_run_refuse_a_typo_before_any_work(tmp_path: Path) -> None
     assert "unknown parameter(s) 'itterations'" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_every_page_declares_weights_and_every_profile_sets_it() -> None:
-    assert "weights" in REQUIRED_PARAMETERS
+@pytest.mark.parametrize("parameter", ["weights", "cam_layers"])
+def test_every_page_declares_the_per_model_parameters_and_every_profile_sets_them(
+    parameter: str,
+) -> None:
+    assert parameter in REQUIRED_PARAMETERS
     declared = declared_parameters(toc_notebooks())
-    assert all("weights" in d for d in declared.values()), [
-        n for n, d in declared.items() if "weights" not in d
+    assert all(parameter in d for d in declared.values()), [
+        n for n, d in declared.items() if parameter not in d
     ]
     for name in ("sample", "smoke", "imagenet-1k", "imagenet", "rehearsal"):
-        assert "weights" in load_profile(name)["parameters"], name
+        assert parameter in load_profile(name)["parameters"], name
+
+
+def test_cam_layers_moves_the_layer_of_every_cam_method_and_its_keys(tmp_path: Path) -> None:
+    """``cam_layers: {model: layer}`` is the layer of that network's CAM methods on every page (it
+    is read in one place, :func:`experiments.setup`): the maps change and so do their keys, so a
+    map of the paper's layer is never reused for another; a wrong name is a one-line error."""
+    from paper_code.experiments.keys import map_key
+    from paper_code.methods import explain
+
+    base = {"models": ["tiny"], "dataset": "sample", "n_images": 2, "output_dir": str(tmp_path)}
+    default, data, _, _ = ex.setup(base, "tiny")
+    moved, _, _, _ = ex.setup({**base, "cam_layers": {"tiny": "features.4"}}, "tiny")
+    assert (default.target_layer_name, moved.target_layer_name) == ("features.7", "features.4")
+    assert map_key(default, "gradcam", "ground_truth", {}) != map_key(
+        moved, "gradcam", "ground_truth", {}
+    )
+    x = data[0]["image"][None]
+    a, b = explain("gradcam", default, x, [1]), explain("gradcam", moved, x, [1])
+    assert not bool((a - b).abs().max() < 1e-3), "the maps did not move with the layer"
+    for bad, message in (({"tiny": "features.99"}, "no layer 'features.99'"),
+                         ({"tinny": "features.4"}, r"cam_layers names unknown model\(s\) tinny; valid: ")):  # fmt: skip
+        with pytest.raises(ValueError, match=message) as err:
+            ex.setup({**base, "cam_layers": bad}, "tiny")
+        assert "\n" not in str(err.value)
 
 
 def test_every_profile_parameter_is_declared_by_some_page() -> None:
@@ -83,7 +110,7 @@ def test_weights_are_read_in_one_place(tmp_path: Path) -> None:
     assert ex.model_weights({"weights": None}, "resnet50") is None
     with pytest.raises(ValueError, match="unknown model.*resnet5 .*valid: .*resnet50"):
         ex.model_weights({"weights": {"resnet5 ": "/w"}}, "resnet50")
-    with pytest.raises(ValueError, match="must map model names to files"):
+    with pytest.raises(ValueError, match="weights must map model names to values"):
         ex.model_weights({"weights": "/w/r50.pth"}, "resnet50")
 
 

@@ -22,6 +22,7 @@ PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 REQUIRED_PARAMETERS = (
     "models",
     "weights",
+    "cam_layers",
     "plugins",
     "dataset",
     "root",

@@ -132,6 +132,7 @@ def evaluate(
     baselines: str | Sequence[str] = "cams",
     n_images: int | None = None,
     weights: str | None = None,
+    layer: str | None = None,
     device: str = "cpu",
     batch_size: int | str | None = None,
     method_options: Mapping[str, Mapping[str, Any]] | None = None,
@@ -152,6 +153,9 @@ def evaluate(
         metrics: groups of :data:`METRIC_GROUPS`; localization only where the images have boxes.
         baselines: a key of :data:`BASELINES` or a list of method ids; Opti-CAM always runs.
         n_images: the first ``n_images`` images (``None``: all).
+        weights: a weights file of the network (``None``: its published weights).
+        layer: the layer of the CAM methods, a dotted name in ``model.net`` (``None``: the
+            paper's layer, or the rule of :mod:`paper_code.models.external`).
         method_options: per-method options, e.g. ``{"opticam": {"iterations": 50}}``.
         id_step: insertion/deletion step in pixels (224: the paper's 224 steps).
         show: images in the figure.
@@ -170,6 +174,7 @@ def evaluate(
     out = Path(out)
     params: dict[str, Any] = {
         "models": [model], "weights": {model: weights} if weights else None,
+        "cam_layers": {model: layer} if layer else None,
         "n_images": n_images, "device": device, "batch_size": batch_size, "seed": seed,
         "output_dir": str(out), "cache_dir": str(out / "cache"), "id_step": id_step,
         "method_options": dict(method_options or {}), "iterations": None,

@@ -93,26 +93,41 @@ def config_id(key: Mapping[str, Any]) -> str:
     return key_hash(key, 12)
 
 
-def model_weights(params: Mapping[str, Any], model_name: str) -> str | None:
-    """The weights file of ``model_name`` named by the ``weights`` parameter, the one place every
-    page reads it: a mapping ``{model: file}`` (``"random"`` for random initialization); models
-    it does not name load their published weights (``None``). A key that is no model name is
-    refused with the valid names (a typo would otherwise download the published weights)."""
+def per_model(
+    params: Mapping[str, Any], parameter: str, model_name: str, example: str
+) -> str | None:
+    """The value for ``model_name`` of a per-model parameter (``weights``, ``cam_layers``): a
+    mapping ``{model: value}``; models it does not name get ``None`` (the default). A key that is
+    no model name is refused with the valid names (a typo would otherwise pass silently)."""
     from ..models.external import is_external
     from ..names import MODELS
 
-    given = params.get("weights")
+    given = params.get(parameter)
     if given is None:
         return None
     if not isinstance(given, Mapping):
         raise ValueError(
-            f"weights must map model names to files, e.g. {{resnet50: /path/r50.pth}}; "
-            f"got {given!r}"
+            f"{parameter} must map model names to values, e.g. {example}; got {given!r}"
         )
     unknown = sorted(m for m in map(str, given) if m not in MODELS and not is_external(m))
     if unknown:
         raise ValueError(
-            f"weights names unknown model(s) {', '.join(unknown)}; valid: {', '.join(MODELS)}"
+            f"{parameter} names unknown model(s) {', '.join(unknown)}; valid: {', '.join(MODELS)}"
         )
-    w = given.get(model_name)
-    return None if w is None else str(w)
+    value = given.get(model_name)
+    return None if value is None else str(value)
+
+
+def model_weights(params: Mapping[str, Any], model_name: str) -> str | None:
+    """The weights file of ``model_name`` named by the ``weights`` parameter, the one place every
+    page reads it: a mapping ``{model: file}`` (``"random"`` for random initialization); models
+    it does not name load their published weights (``None``)."""
+    return per_model(params, "weights", model_name, "{resnet50: /path/r50.pth}")
+
+
+def model_layer(params: Mapping[str, Any], model_name: str) -> str | None:
+    """The CAM layer of ``model_name`` named by the ``cam_layers`` parameter, the one place every
+    page reads it: a mapping ``{model: dotted layer name in model.net}``; models it does not name
+    keep the paper's layer (or, for a network from outside the package, the rule of
+    :mod:`paper_code.models.external`). The layer is part of every map's key."""
+    return per_model(params, "cam_layers", model_name, "{resnet50: layer4.1}")

@@ -25,7 +25,7 @@ from ..methods import explain
 from ..methods.cams import scorecam_classes
 from ..models import Classifier, load_model
 from . import distributed as _dist
-from .keys import map_key, model_weights
+from .keys import map_key, model_layer, model_weights
 from .results import MapCache, ResultTable, key_hash
 from .sources import MEDICAL_DATASETS, checkpoint_path, dataset_ids, open_dataset
 
@@ -361,6 +361,10 @@ def setup(
             )
         weights = checkpoint
     model = load_model(name, weights=weights, device=device)
+    layer = model_layer(params, name)
+    if layer is not None:
+        model.get_layer(layer)  # an unknown name: a one-line error with similar names
+        model.target_layer_name = layer
     dataset = open_dataset(params, checkpoint)
     if checkpoint is not None and list(model.categories) != list(dataset.categories):
         raise ValueError(

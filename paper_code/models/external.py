@@ -9,8 +9,8 @@ standardization as the first layer, so that every method and metric of the paper
 - **the layer of the CAM methods** by one rule: timm's last feature stage
   (``feature_info[-1]``, the last spatial feature map before pooling); for other networks the last
   module that outputs a spatial map ``[B, K, h, w]`` (``h w > 1``), is called once per forward
-  pass and is no pooling layer (:func:`last_spatial_layer`). A per-model ``layers`` parameter (or
-  ``layer=`` of :func:`paper_code.explain`) overrides it;
+  pass and is no pooling layer (:func:`last_spatial_layer`). The per-model ``cam_layers`` parameter of
+  the pages (or ``layer=`` of :func:`paper_code.explain`) overrides it;
 - **transformers** (timm ``VisionTransformer``-like models: a ``blocks`` list and patch tokens) use the
   paper's layer, the last block's ``norm1``, and the token-to-grid reshape, exactly like ViT-B/16;
 - **weights**: the published ones (timm's or the hub's cache, downloaded when online; offline
