@@ -205,3 +205,28 @@ def test_every_default_is_stated_once() -> None:
         if declared.get("method_options") is not None:
             repeated.append(f"{src.name}: method_options has values (say None)")
     assert not repeated, "\n".join(repeated)
+
+
+def test_every_page_reads_a_null_iterations_through_its_one_helper() -> None:
+    """``iterations: null`` (the default of every profile but smoke) means Opti-CAM's default.
+    A page that uses the value itself (a caption, a provenance entry) must resolve it with
+    ``opticam_iterations`` first: ``int(iterations)`` on ``None`` failed Table A.9 on ``sample``
+    while ``smoke``, which sets a number, ran. Code cells only, parameter cell excluded."""
+    import re
+
+    import jupytext
+
+    from paper_code.book.toc import toc_notebooks
+
+    raw = re.compile(r"(?<![\w.])(int|float|range|min|max)\(\s*iterations\s*\)|\{iterations[}:!]")
+    bad = []
+    for src in toc_notebooks():
+        nb = jupytext.read(src)
+        code = [c.source for c in nb.cells if c.cell_type == "code"
+                and "parameters" not in c.metadata.get("tags", [])]  # fmt: skip
+        text = "\n".join(code)
+        resolved = re.search(r"^iterations = opticam_iterations\(iterations\)", text, re.M)
+        for line in text.splitlines():
+            if raw.search(line) and not resolved:
+                bad.append(f"{src.name}: {line.strip()}")
+    assert not bad, "\n".join(bad)
