@@ -210,7 +210,7 @@ def caption(run: Any, title: str, what: str, extra: str = "", **record: Any) -> 
         f"**{title} (reproduction).** {what}. Each cell: ours ± half the width of its 95% "
         f"bootstrap interval over images (exact bounds in `{run.name}_summary.csv`), the paper's "
         f"value in parentheses. {n} images of `{p.get('dataset')}`, networks "
-        f"{', '.join(models)}, Opti-CAM {p.get('iterations')} iterations"
+        f"{', '.join(models)}, Opti-CAM {info['opticam_iterations']} iterations"
         f"{', ' + settings if settings else ''}, device `{info['device']}` ({info['hardware']}). "
         f"paper_code {info['paper_code']}, torch {info['torch']}, torchvision {info['torchvision']}, "
         f"Python {info['python']}, git {info['git_commit']}, {info['date_utc']}, notebook wall "
