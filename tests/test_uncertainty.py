@@ -228,3 +228,23 @@ def test_variant_claims_follow_the_paper_and_the_paired_interval(tmp_path):
         assert list(c["claim"]) == ["Mask/Range higher AG than Diff/Range"]
         assert c["verdict"].iloc[0].startswith(expected), (shift, c)
         assert c["low"].iloc[0] <= c["difference"].iloc[0] <= c["high"].iloc[0]
+
+
+def test_a_variant_claim_whose_subject_is_the_other_variant_reports_its_own_difference(tmp_path):
+    """When the paper ranks the other variant first (Table 5: S∖B has lower AD than B∩S), the claim
+    names that variant first, and its difference is that variant minus the reference (here about
+    +20 AD: the claim is contradicted, and the number says so with the claim's sign)."""
+    from paper_code.experiments.tablerun import TableRun
+
+    rng = np.random.default_rng(0)
+    ids = [f"i{k}" for k in range(40)]
+    base = rng.uniform(20, 60, len(ids))
+    rows = pd.DataFrame(
+        [{"model": "vgg16_bn", "method": "opticam", "variant": v, "id": i, "AD": a + shift}
+         for v, shift in (("B∩S", 0.0), ("S∖B", 20.0)) for i, a in zip(ids, base)]
+    )  # fmt: skip
+    tr = TableRun("table5", {"output_dir": str(tmp_path), "seed": 0}, ["AD"])
+    c = tr.variant_claims(rows, "vgg16_bn", "B∩S").set_index("claim")
+    row = c.loc["S∖B lower AD than B∩S"]
+    assert row["verdict"] == "contradicted" and row["baseline"] == "B∩S"
+    assert row["difference"] == pytest.approx(20.0) and row["low"] > 0

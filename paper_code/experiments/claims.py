@@ -184,19 +184,19 @@ class ClaimChecks:
                     continue
                 d, lo, hi = self.paired(mine, m, {"variant": reference}, {"variant": v})
                 word = "higher" if sign > 0 else "lower"
+                compared = v
                 if sign * paper_m[reference] >= sign * paper_m[v]:
-                    claim, vd = f"{reference} {word} {m} than {v}", verdict(lo, hi, info.direction)
-                else:
-                    claim, vd = (
-                        f"{v} {word} {m} than {reference}",
-                        verdict(-hi, -lo, info.direction),
-                    )
+                    claim = f"{reference} {word} {m} than {v}"
+                else:  # the claim's subject is v: its difference is v minus the reference
+                    claim, compared = f"{v} {word} {m} than {reference}", reference
+                    d, lo, hi = -d, -hi, -lo
+                vd = verdict(lo, hi, info.direction)
                 evidence = (
                     f"{reference} {paper_value_text(paper_m[reference])}, "
                     f"{v} {paper_value_text(paper_m[v])} ({ref['network'].iloc[0]})"
                 )
                 out.append(
-                    {"metric": m, "claim": claim, "baseline": v, "difference": d, "low": lo,
+                    {"metric": m, "claim": claim, "baseline": compared, "difference": d, "low": lo,
                      "high": hi, "verdict": vd, "paper": evidence}
                 )  # fmt: skip
         out = pd.DataFrame(out)
